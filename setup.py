@@ -1,0 +1,43 @@
+"""Builds the one native extension, smoothprune._C (all metadata lives in pyproject.toml).
+
+The build imports torch, so install with `pip install --no-build-isolation -e .` (the Makefile
+does). CUDA kernels are compiled when CUDA is available or SMOOTHPRUNE_CUDA=1.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("smoothprune", "csrc")
+
+
+def _want_cuda() -> bool:
+    flag = os.environ.get("SMOOTHPRUNE_CUDA")
+    if flag is not None:
+        return flag == "1"
+    return torch.cuda.is_available()
+
+
+def _extension():
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]  # never -ffast-math (DESIGN 5.8)
+    if _want_cuda() and cuda_sources:
+        return CUDAExtension(
+            "smoothprune._C",
+            sources + cuda_sources,
+            define_macros=[("SMOOTHPRUNE_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
+        )
+    return CppExtension("smoothprune._C", sources, extra_compile_args={"cxx": cxx_flags})
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

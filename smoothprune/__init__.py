@@ -1,0 +1,26 @@
+"""smoothprune: differentiable and sparse top-k for PyTorch (Sander et al., ICML 2023).
+
+Importing this package loads the native operators; it loads neither Lightning nor Hydra.
+"""
+
+from smoothprune import _native
+from smoothprune.nn import SoftTopKLoss
+from smoothprune.ops import (
+    hard_topk_mag,
+    hard_topk_mask,
+    soft_topk_loss,
+    soft_topk_mag,
+    soft_topk_mask,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "soft_topk_mask",
+    "soft_topk_mag",
+    "hard_topk_mask",
+    "hard_topk_mag",
+    "soft_topk_loss",
+    "SoftTopKLoss",
+    "__version__",
+]

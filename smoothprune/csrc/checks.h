@@ -1,0 +1,59 @@
+// Argument checks shared by the kernels. Every message names the op, the argument, what was
+// expected and what was received; value errors surface in Python as ValueError.
+#pragma once
+
+#include <c10/util/Exception.h>
+#include <torch/types.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace smoothprune {
+
+struct SoftTopkArgs {
+  int64_t k;
+  double lam;
+};
+
+inline SoftTopkArgs check_soft_topk_args(const char* op, const at::Tensor& x, const at::Tensor& k,
+                                         const at::Tensor& lam, double p) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": expected x with at least 1 dimension, got a 0-d tensor");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                    op, ": expected x of dtype float16, bfloat16, float32 or float64, got ", dt);
+  const int64_t n = x.size(-1);
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), op,
+                    ": expected fewer than 2^31 - 1 elements along the reduced dimension, got ", n);
+  TORCH_CHECK_VALUE(k.numel() == 1 && !at::isFloatingType(k.scalar_type()) &&
+                        !at::isComplexType(k.scalar_type()) && k.scalar_type() != at::kBool,
+                    op, ": expected k to be an integer scalar tensor, got a ", k.scalar_type(),
+                    " tensor of shape ", k.sizes());
+  const int64_t kv = k.item<int64_t>();
+  TORCH_CHECK_VALUE(kv >= 0 && kv <= n, op, ": expected 0 <= k <= ", n,
+                    " (the size of the reduced dimension), got k=", kv);
+  TORCH_CHECK_VALUE(lam.numel() == 1 && at::isFloatingType(lam.scalar_type()), op,
+                    ": expected lam to be a floating scalar tensor, got a ", lam.scalar_type(),
+                    " tensor of shape ", lam.sizes());
+  const double lv = lam.item<double>();
+  TORCH_CHECK_VALUE(lv > 0 && std::isfinite(lv), op, ": expected lam > 0 and finite, got lam=", lv);
+  TORCH_CHECK_VALUE(p > 1 && std::isfinite(p), op, ": expected p > 1 and finite, got p=", p);
+  return {kv, lv};
+}
+
+inline void check_saved_state(const char* op, const at::Tensor& grad, const at::Tensor& x,
+                              const at::Tensor& perm, const at::Tensor& blocks,
+                              const at::Tensor& gamma) {
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), op, ": expected grad of shape ", x.sizes(), ", got ",
+                    grad.sizes());
+  TORCH_CHECK_VALUE(perm.sizes() == x.sizes() && perm.scalar_type() == at::kInt, op,
+                    ": expected perm of shape ", x.sizes(), " and dtype int32, got ", perm.sizes(),
+                    " ", perm.scalar_type());
+  TORCH_CHECK_VALUE(blocks.scalar_type() == at::kLong && blocks.numel() == 2 * gamma.numel() &&
+                        gamma.scalar_type() == at::kDouble && gamma.numel() * x.size(-1) == x.numel(),
+                    op, ": expected blocks (int64, [..., 2]) and gamma (float64, [...]) saved by "
+                    "soft_topk_forward for this x, got ", blocks.sizes(), " ", blocks.scalar_type(),
+                    " and ", gamma.sizes(), " ", gamma.scalar_type());
+}
+
+}  // namespace smoothprune

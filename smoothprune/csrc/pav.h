@@ -1,0 +1,298 @@
+// Exact PAV for the sparse smooth top-k operators, one sorted row at a time (float64).
+//
+// Notation (DESIGN.md section 2): s is the row sorted in descending order (s = x for the mask,
+// s = |x| for the magnitude), w = 1_k, q = p / (p - 1), lam_q1 = lam^(q-1),
+// psi~(z) = sign(z) |z|^(q-1). The isotonic problem pools adjacent violators; a block B takes the
+// value gamma solving  sum_B psi~(s_i - gamma) = lam_q1 * sum_B w_i * (1 for the mask, gamma for
+// the magnitude).
+//
+// Why a single block: a singleton's value val_i is s_i - lam (mask, i < k), kept_value(s_i)
+// (magnitude, i < k) or s_i (i >= k). Each is non-increasing along the sorted row within
+// {i < k} and within {i >= k}, so the only possible violation is at the junction k-1 | k.
+// PAV therefore produces at most one pooled block [a, b) with a < k < b, grown outwards from the
+// junction; every other element is a singleton whose output is known in closed form
+// (mask: 1 above, 0 below; magnitude: the kept value above, 0 below).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace smoothprune {
+
+enum class PKind { kTwo, kFourThirds, kGeneral };
+
+struct TopkParams {
+  double lam;
+  double p;
+  double q;       // p / (p - 1)
+  double lam_q1;  // lam^(q-1)
+  PKind kind;
+  bool magnitude;
+  bool debias;
+
+  static TopkParams make(double lam, double p, bool magnitude, bool debias) {
+    TopkParams P;
+    P.lam = lam;
+    P.p = p;
+    P.q = p / (p - 1.0);
+    P.lam_q1 = std::pow(lam, P.q - 1.0);
+    if (std::abs(p - 2.0) < 1e-12) {
+      P.kind = PKind::kTwo;
+    } else if (std::abs(p - 4.0 / 3.0) < 1e-12) {
+      P.kind = PKind::kFourThirds;
+    } else {
+      P.kind = PKind::kGeneral;
+    }
+    P.magnitude = magnitude;
+    P.debias = debias;
+    return P;
+  }
+};
+
+// The pooled block [a, b) of a solved row (empty when a == b) and its value gamma.
+struct BoundaryBlock {
+  int64_t a;
+  int64_t b;
+  double gamma;
+};
+
+inline double signed_pow(double z, double e) {
+  return z >= 0 ? std::pow(z, e) : -std::pow(-z, e);
+}
+
+// Output-side map y = psi(z) = sign(z) (|z| / lam)^(q-1).
+inline double psi(double z, const TopkParams& P) {
+  switch (P.kind) {
+    case PKind::kTwo:
+      return z / P.lam;
+    case PKind::kFourThirds: {
+      const double r = z / P.lam;
+      return r * r * r;
+    }
+    default:
+      return signed_pow(z / P.lam, P.q - 1.0);
+  }
+}
+
+// Real root of u^3 + P u + Q = 0 with P >= 0 (the only real root). Rescaled so that no power
+// overflows, and written as -Q / (A^2 + P/3 + B^2) (= A - B of Cardano's formula, without the
+// cancellation when |Q| << P^(3/2)).
+inline double depressed_cubic_root(double Pc, double Qc) {
+  const double scale = std::max(std::sqrt(Pc), std::cbrt(std::abs(Qc)));
+  if (!(scale > 0)) return 0.0;
+  const double P = Pc / (scale * scale);
+  const double Q = Qc / (scale * scale * scale);
+  const double D = std::sqrt(0.25 * Q * Q + P * P * P / 27.0);
+  const double A = std::cbrt(0.5 * std::abs(Q) + D);
+  const double B = P / (3.0 * A);
+  return scale * (-Q / (A * A + P / 3.0 + B * B));
+}
+
+// Safeguarded Newton for a decreasing f on [lo, hi] with f(lo) >= 0 >= f(hi).
+// `f(x, &df)` returns f(x) and stores f'(x). Falls back to bisection whenever the Newton step
+// leaves the bracket or the derivative is not usable.
+template <typename F>
+double solve_decreasing(F&& f, double lo, double hi, double x) {
+  constexpr double kEps = std::numeric_limits<double>::epsilon();
+  if (!(x >= lo && x <= hi)) x = 0.5 * (lo + hi);
+  for (int it = 0; it < 300; ++it) {
+    double df = 0.0;
+    const double fx = f(x, &df);
+    if (fx == 0.0) return x;
+    if (fx > 0) lo = x; else hi = x;
+    // A zero, infinite or NaN derivative gives no usable Newton step: bisect instead.
+    double next = (std::isfinite(df) && df < 0) ? x - fx / df : 0.5 * (lo + hi);
+    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+    const double tol = 2.0 * kEps * std::max(std::abs(next), std::abs(x)) + 1e-300;
+    if (std::abs(next - x) <= tol || hi - lo <= tol) return next;
+    x = next;
+  }
+  return x;
+}
+
+// Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.
+inline double kept_value(double s, const TopkParams& P, double* z_out) {
+  double v;
+  if (s <= 0) {
+    v = 0.0;
+  } else if (P.kind == PKind::kTwo) {
+    v = s / (1.0 + P.lam);
+  } else if (P.kind == PKind::kFourThirds) {
+    // r = v^(1/3) solves r^3 + lam r - s = 0.
+    const double r = depressed_cubic_root(P.lam, -s);
+    v = r * r * r;
+    if (z_out) *z_out = P.lam * r;
+    return v;
+  } else {
+    const double pm1 = P.p - 1.0;
+    auto f = [&](double v_, double* df) {
+      const double pw = std::pow(v_, pm1);
+      *df = -1.0 - P.lam * pm1 * (v_ > 0 ? pw / v_ : std::numeric_limits<double>::infinity());
+      return s - v_ - P.lam * pw;
+    };
+    v = solve_decreasing(f, 0.0, s, s / (1.0 + P.lam * std::pow(s, P.p - 2.0)));
+  }
+  if (z_out) *z_out = s - v;
+  return v;
+}
+
+// Singleton value val_i of sorted position i.
+inline double singleton_value(double s, bool kept, const TopkParams& P) {
+  if (!kept) return s;
+  return P.magnitude ? kept_value(s, P, nullptr) : s - P.lam;
+}
+
+// Exact value of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts).
+inline double block_value(const double* s, int64_t a, int64_t b, int64_t k, const TopkParams& P) {
+  const double m = static_cast<double>(b - a);
+  const double W = static_cast<double>(std::min(b, k) - a);
+  if (P.kind == PKind::kTwo) {
+    double sum = 0.0;
+    for (int64_t i = a; i < b; ++i) sum += s[i];
+    return P.magnitude ? sum / (m + P.lam * W) : (sum - P.lam * W) / m;
+  }
+  auto block_equation = [&](double g, double* df) {
+    double f = 0.0, d = 0.0;
+    for (int64_t i = a; i < b; ++i) {
+      const double z = s[i] - g;
+      if (P.kind == PKind::kFourThirds) {
+        f += z * z * z;
+        d += 3.0 * z * z;
+      } else {
+        const double az = std::abs(z);
+        f += signed_pow(z, P.q - 1.0);
+        d += (P.q - 1.0) * (az > 0 ? std::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
+      }
+    }
+    f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
+    *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
+    return f;
+  };
+  double smax = s[a], smin = s[a];
+  for (int64_t i = a; i < b; ++i) {
+    smax = std::max(smax, s[i]);
+    smin = std::min(smin, s[i]);
+  }
+  const double lo = P.magnitude ? 0.0 : smin - P.lam;
+  const double hi = smax;
+  if (P.kind == PKind::kFourThirds) {
+    // Closed form from central moments (two passes: mean, then moments), then Newton polish.
+    double mu = 0.0;
+    for (int64_t i = a; i < b; ++i) mu += s[i];
+    mu /= m;
+    double M2 = 0.0, M3 = 0.0;
+    for (int64_t i = a; i < b; ++i) {
+      const double d = s[i] - mu;
+      M2 += d * d;
+      M3 += d * d * d;
+    }
+    const double l3W = P.lam_q1 * W;  // lam^3 W
+    // sum (d_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W (mu + u) (magnitude).
+    const double u = P.magnitude
+                         ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * mu - M3) / m)
+                         : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
+    return solve_decreasing(block_equation, lo, hi, mu + u);
+  }
+  return solve_decreasing(block_equation, lo, hi, 0.5 * (lo + hi));
+}
+
+// Grows the boundary block outwards from the junction with O(1) updates (p = 2 and p = 4/3):
+// running sums shifted by a reference near the junction keep the merge decisions accurate.
+inline void grow_block_closed_form(const double* s, int64_t n, int64_t k, const TopkParams& P,
+                                   int64_t* a_out, int64_t* b_out) {
+  const double c = s[k - 1];
+  double m = 0, W = 0, S1 = 0, S2 = 0, S3 = 0;
+  auto add = [&](int64_t i) {
+    const double d = s[i] - c;
+    m += 1;
+    W += (i < k) ? 1.0 : 0.0;
+    S1 += d;
+    S2 += d * d;
+    S3 += d * d * d;
+  };
+  auto value = [&]() {
+    if (P.kind == PKind::kTwo) {
+      return P.magnitude ? (c * m + S1) / (m + P.lam * W) : c + (S1 - P.lam * W) / m;
+    }
+    const double mu = S1 / m;
+    const double M2 = std::max(S2 - S1 * mu, 0.0);
+    const double M3 = S3 - 3.0 * mu * S2 + 2.0 * mu * mu * S1;
+    const double l3W = P.lam_q1 * W;
+    const double u = P.magnitude
+                         ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
+                         : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
+    return c + mu + u;
+  };
+  int64_t a = k - 1, b = k + 1;
+  add(k - 1);
+  add(k);
+  double gamma = value();
+  for (;;) {
+    if (a > 0 && singleton_value(s[a - 1], true, P) < gamma) {
+      add(--a);
+    } else if (b < n && s[b] > gamma) {
+      add(b++);
+    } else {
+      break;
+    }
+    gamma = value();
+  }
+  *a_out = a;
+  *b_out = b;
+}
+
+// Any p: the block value is the root of the decreasing function
+//   Phi(g) = sum_{i<k} min(F_i(g), 0) + sum_{i>=k} max(F_i(g), 0),
+// F_i the singleton block equation. Membership for a given g is read off by binary search:
+// i < k joins iff val_i < g  <=>  s_i < g + lam g^(p-1) (magnitude) or g + lam (mask);
+// i >= k joins iff s_i > g. Cost: O(block) per evaluation instead of O(block) per merge.
+inline void find_block_general(const double* s, int64_t n, int64_t k, const TopkParams& P,
+                               int64_t* a_out, int64_t* b_out) {
+  auto membership = [&](double g, int64_t* a, int64_t* b) {
+    const double th = P.magnitude ? g + P.lam * std::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
+    // s is descending: first i in [0, k) with s_i < th, and first i in [k, n) with s_i <= g.
+    *a = std::upper_bound(s, s + k, th, [](double t, double v) { return v < t; }) - s;
+    *b = std::upper_bound(s + k, s + n, g, [](double t, double v) { return v <= t; }) - s;
+  };
+  auto phi = [&](double g, double* df) {
+    int64_t a, b;
+    membership(g, &a, &b);
+    double f = 0.0, d = 0.0;
+    for (int64_t i = a; i < b; ++i) {
+      const double z = s[i] - g;
+      const double az = std::abs(z);
+      f += signed_pow(z, P.q - 1.0);
+      d += (P.q - 1.0) * (az > 0 ? std::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
+    }
+    const double W = static_cast<double>(k - a);
+    f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
+    *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
+    return f;
+  };
+  const double lo = singleton_value(s[k - 1], true, P);
+  const double hi = s[k];
+  const double g = solve_decreasing(phi, lo, hi, 0.5 * (lo + hi));
+  membership(g, a_out, b_out);
+  // The root sits where membership is about to change; keep the block non-degenerate around k.
+  *a_out = std::min(*a_out, k - 1);
+  *b_out = std::max(*b_out, k + 1);
+}
+
+// Solves one sorted row: the boundary block and its value (a == b == k when nothing pools).
+inline BoundaryBlock solve_sorted_row(const double* s, int64_t n, int64_t k, const TopkParams& P) {
+  BoundaryBlock blk{k, k, std::numeric_limits<double>::quiet_NaN()};
+  if (k <= 0 || k >= n) return blk;
+  // Strict violation only: ties between singletons are not pooled.
+  if (!(singleton_value(s[k - 1], true, P) < s[k])) return blk;
+  if (P.kind == PKind::kGeneral) {
+    find_block_general(s, n, k, P, &blk.a, &blk.b);
+  } else {
+    grow_block_closed_form(s, n, k, P, &blk.a, &blk.b);
+  }
+  blk.gamma = block_value(s, blk.a, blk.b, k, P);
+  return blk;
+}
+
+}  // namespace smoothprune

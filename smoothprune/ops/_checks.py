@@ -1,0 +1,91 @@
+"""Argument checks of the public operators. Every error names the function, the argument, what
+was expected and what was received (DESIGN.md section 5.2)."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ALGORITHMS = ("auto", "pav", "dykstra")
+
+
+def check_input(fn: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{fn}: expected x to be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{fn}: expected x of dtype float16, bfloat16, float32 or float64, got {x.dtype}"
+        )
+    if x.dim() == 0:
+        raise ValueError(f"{fn}: expected x with at least 1 dimension, got a 0-d tensor")
+
+
+def check_dim(fn: str, x: torch.Tensor, dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ValueError(f"{fn}: expected dim to be an int, got {dim!r}")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(
+            f"{fn}: expected dim in [{-x.dim()}, {x.dim() - 1}] for a {x.dim()}-d input, got dim={dim}"
+        )
+    return dim % x.dim()
+
+
+def check_k(fn: str, k, n: int, dim: int):
+    """Python ints are checked here; tensor values are checked by the kernel (no host sync)."""
+    if isinstance(k, torch.Tensor):
+        if k.numel() != 1 or k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
+            raise ValueError(
+                f"{fn}: expected k to be an int or an integer scalar tensor, got a {k.dtype} tensor "
+                f"of shape {tuple(k.shape)}"
+            )
+        return k.reshape(())
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"{fn}: expected k to be an int or an integer scalar tensor, got {k!r}")
+    if not 0 <= k <= n:
+        raise ValueError(f"{fn}: expected 0 <= k <= {n} along dim {dim}, got k={k}")
+    return int(k)
+
+
+def check_lam(fn: str, lam):
+    if isinstance(lam, torch.Tensor):
+        if lam.numel() != 1 or not lam.dtype.is_floating_point:
+            raise ValueError(
+                f"{fn}: expected lam to be a float or a floating scalar tensor, got a {lam.dtype} "
+                f"tensor of shape {tuple(lam.shape)}"
+            )
+        return lam.reshape(())
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise ValueError(f"{fn}: expected lam to be a float or a floating scalar tensor, got {lam!r}")
+    if not (lam > 0 and lam != float("inf")):
+        raise ValueError(f"{fn}: expected lam > 0 and finite, got lam={lam}")
+    return lam
+
+
+def check_p(fn: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise ValueError(f"{fn}: expected p to be a float > 1, got {p!r}")
+    if not (p > 1 and p != float("inf")):
+        raise ValueError(f"{fn}: expected p > 1 and finite, got p={p}")
+    return float(p)
+
+
+def check_algorithm(fn: str, algorithm, p: float, num_iter, device: torch.device) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{fn}: expected algorithm in {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "auto":
+        algorithm = "dykstra" if device.type == "xla" else "pav"
+    if algorithm == "dykstra":
+        if p != 2.0:
+            raise ValueError(f"{fn}: algorithm='dykstra' supports p=2 only, got p={p}")
+        if num_iter is not None and (
+            isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1
+        ):
+            raise ValueError(f"{fn}: expected num_iter to be a positive int, got {num_iter!r}")
+    elif num_iter is not None:
+        raise ValueError(
+            f"{fn}: num_iter applies to algorithm='dykstra' only, got num_iter={num_iter!r} with "
+            f"algorithm={algorithm!r}"
+        )
+    return algorithm

@@ -1,0 +1,71 @@
+"""Hard top-k operators (torch.topk + scatter): the lam -> 0 limits of the smooth operators."""
+
+from __future__ import annotations
+
+import torch
+
+from smoothprune.ops import _checks
+
+
+def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torch.Tensor:
+    _checks.check_input(fn, x)
+    d = _checks.check_dim(fn, x, dim)
+    k = _checks.check_k(fn, k, x.shape[d], dim)
+    if isinstance(k, torch.Tensor):
+        # A tensor k keeps one graph for every value: compare ranks with k instead of topk(k).
+        key_last = key.movedim(d, -1)
+        order = key_last.argsort(dim=-1, descending=True, stable=True)
+        positions = torch.arange(key_last.shape[-1], device=x.device).expand_as(order)
+        ranks = torch.empty_like(order).scatter_(-1, order, positions)
+        return (ranks < k.to(x.device)).to(x.dtype).movedim(-1, d)
+    idx = key.topk(k, dim=d).indices
+    return torch.zeros_like(x).scatter(d, idx, 1.0)
+
+
+def hard_topk_mask(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
+    """Hard top-k mask: 1 on the ``k`` largest entries of each slice along ``dim``, 0 elsewhere.
+
+    Ties are broken by ``torch.topk`` (for a Python ``k``) or by position (for a tensor ``k``).
+    Its gradient is zero almost everywhere.
+
+    Args:
+        x: floating tensor.
+        k: an int or a 0-d integer tensor, ``0 <= k <= n``.
+        dim: the dimension along which to select.
+
+    Returns:
+        A 0/1 tensor like ``x``.
+
+    Raises:
+        ValueError: on a non-floating ``x``, ``dim`` out of range or ``k`` outside ``[0, n]``.
+
+    Example:
+        >>> import torch, smoothprune as sp
+        >>> sp.hard_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2)
+        tensor([0., 0., 1., 1.])
+    """
+    return _hard_mask("hard_topk_mask", x, x, k, dim)
+
+
+def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
+    """Hard top-k in magnitude: ``x * hard_topk_mask(|x|)``; its gradient passes through the kept entries.
+
+    Args:
+        x: floating tensor.
+        k: an int or a 0-d integer tensor, ``0 <= k <= n``.
+        dim: the dimension along which to select.
+
+    Returns:
+        A tensor like ``x`` with all but the ``k`` largest-magnitude entries per slice set to 0.
+
+    Raises:
+        ValueError: as :func:`hard_topk_mask`.
+
+    Example:
+        >>> import torch, smoothprune as sp
+        >>> sp.hard_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2)
+        tensor([-5., 0., 3., 0.])
+    """
+    if isinstance(x, torch.Tensor):
+        return x * _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim)
+    return _hard_mask("hard_topk_mag", x, x, k, dim)

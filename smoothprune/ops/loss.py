@@ -1,0 +1,123 @@
+"""The smooth top-k loss: a Fenchel-Young loss built on the sparse smooth top-k mask.
+
+    L(theta, t) = f(theta) + R(t) - <theta, t>,   f(theta) = max_{y in P(1_k)} <theta, y> - R(y),
+
+with R(y) = (lam/p) sum |y_i|^p, so grad L = y*(theta) - t (Danskin), y* = soft_topk_mask(theta).
+
+Stance on the unbounded shift direction. With a one-hot target t and k > 1, t lies outside the
+permutahedron P(1_k) (its entries sum to 1, not k) and L(theta - c 1) = L(theta) - c (k - 1):
+the raw loss decreases forever by lowering every logit. By default (``fill="topk"``) the target
+is completed inside P(1_k): t = e_label + the hard top-(k-1) indicator of the *other* logits.
+Then sum t = k, so L is invariant to shifts, L >= 0 (Fenchel-Young inequality), L = 0 exactly
+when y* = t, and lam -> 0 gives the top-k hinge max(0, theta_[k] - theta_label): zero as soon as
+the label is in the top k. ``fill="none"`` gives the raw one-hot loss of the paper's formula
+(unbounded below for k > 1; identical for k = 1).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from smoothprune.ops._checks import check_input, check_lam, check_p
+from smoothprune.ops.soft_topk import soft_topk_mask
+
+REDUCTIONS = ("mean", "sum", "none")
+FILLS = ("topk", "none")
+
+
+def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill):
+    check_input(fn, logits)
+    if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point or target.dtype == torch.bool:
+        got = f"a {target.dtype} tensor" if isinstance(target, torch.Tensor) else type(target).__name__
+        raise ValueError(f"{fn}: expected target to be an integer tensor of class indices, got {got}")
+    if tuple(target.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"{fn}: expected target of shape {tuple(logits.shape[:-1])} for logits of shape "
+            f"{tuple(logits.shape)} (classes on the last dim), got {tuple(target.shape)}"
+        )
+    num_classes = logits.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
+        raise ValueError(f"{fn}: expected an int 1 <= k <= {num_classes} (the number of classes), got k={k!r}")
+    check_lam(fn, lam)
+    check_p(fn, p)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: expected reduction in {REDUCTIONS}, got {reduction!r}")
+    if fill not in FILLS:
+        raise ValueError(f"{fn}: expected fill in {FILLS}, got {fill!r}")
+    if target.device.type == "cpu" and target.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{fn}: expected target values in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
+
+
+def _target_polytope_point(logits: torch.Tensor, target: torch.Tensor, k: int, fill: str) -> torch.Tensor:
+    onehot = torch.zeros_like(logits).scatter(-1, target.unsqueeze(-1), 1.0)
+    if fill == "none" or k == 1:
+        return onehot
+    others = logits.detach().masked_fill(onehot.bool(), float("-inf"))
+    top_others = others.topk(k - 1, dim=-1).indices
+    return onehot.scatter(-1, top_others, 1.0)
+
+
+class _FenchelYoungTopk(torch.autograd.Function):
+    """L = <theta, y*> - R(y*) + R(t) - <theta, t> with the Danskin gradient y* - t."""
+
+    @staticmethod
+    def forward(theta, t, y_star, lam, p):
+        reg = lambda y: (lam / p) * y.abs().pow(p).sum(-1)  # noqa: E731
+        return (theta * (y_star - t)).sum(-1) - reg(y_star) + reg(t)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, t, y_star, _, _ = inputs
+        ctx.save_for_backward(y_star - t)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (direction,) = ctx.saved_tensors
+        return grad_out.unsqueeze(-1) * direction, None, None, None, None
+
+
+def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill="topk"):
+    """Smooth top-k Fenchel-Young loss of ``logits`` (classes on the last dim) for class labels.
+
+    The gradient with respect to the logits is ``soft_topk_mask(logits, k) - t``; it is sparse,
+    and zero once the label is confidently among the top ``k``. See the module docstring for
+    ``fill`` (the stance on the shift direction that makes the raw loss unbounded for k > 1).
+
+    Args:
+        logits: floating tensor ``[..., C]``.
+        target: integer tensor ``[...]`` of labels in ``[0, C)``.
+        k: the ``k`` of top-k accuracy, ``1 <= k <= C``.
+        lam: regularization strength ``> 0``.
+        p: regularization exponent ``> 1``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        fill: ``"topk"`` (default: bounded below by 0, shift invariant) or ``"none"`` (one-hot).
+
+    Returns:
+        The loss, reduced as asked (computed in float32 at least).
+
+    Raises:
+        ValueError: on mismatched shapes or dtypes, labels out of range, ``k`` outside
+            ``[1, C]``, ``lam <= 0``, ``p <= 1``, or an unknown ``reduction``/``fill``.
+
+    Example:
+        >>> import torch, smoothprune as sp
+        >>> logits = torch.tensor([[4.0, 3.0, -1.0, 0.0]])
+        >>> float(sp.soft_topk_loss(logits, torch.tensor([1]), k=2, lam=0.1))
+        0.0
+    """
+    fn = "soft_topk_loss"
+    _check_loss_args(fn, logits, target, k, lam, p, reduction, fill)
+    theta = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    with torch.no_grad():
+        y_star = soft_topk_mask(theta.detach(), k, lam=lam, p=p, dim=-1)
+    t = _target_polytope_point(theta, target.long(), k, fill)
+    loss = _FenchelYoungTopk.apply(theta, t, y_star, lam, p)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

@@ -1,0 +1,147 @@
+"""Sparse smooth top-k operators: `soft_topk_mask` and `soft_topk_mag`.
+
+The exact solver is the native op `torch.ops.smoothprune.soft_topk_forward` (PAV, any p > 1); its
+backward is the native op `soft_topk_backward` (the closed-form block Jacobian of DESIGN.md
+section 2). Both get a fake kernel (for torch.compile / meta tensors) and autograd here, beside
+the wrappers. `algorithm="dykstra"` runs the pure-tensor path of `smoothprune.ops.dykstra`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from smoothprune import _native  # noqa: F401  (loads the op library)
+from smoothprune.ops import _checks
+from smoothprune.ops.dykstra import dykstra_soft_topk
+
+_OPS = torch.ops.smoothprune
+
+
+# ----------------------------------------------------------------------------------------------
+# fake kernels and autograd of the native ops
+# ----------------------------------------------------------------------------------------------
+@torch.library.register_fake("smoothprune::soft_topk_forward")
+def _soft_topk_forward_fake(x, k, lam, p, magnitude, debias):
+    batch = x.shape[:-1]
+    return (
+        x.new_empty(x.shape),
+        x.new_empty(x.shape, dtype=torch.int32),
+        x.new_empty((*batch, 2), dtype=torch.int64),
+        x.new_empty(batch, dtype=torch.float64),
+    )
+
+
+@torch.library.register_fake("smoothprune::soft_topk_backward")
+def _soft_topk_backward_fake(grad, x, perm, blocks, gamma, k, lam, p, magnitude, debias):
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, k, lam, p, magnitude, debias = inputs
+    _, perm, blocks, gamma = output
+    ctx.save_for_backward(x, perm, blocks, gamma, k, lam)
+    ctx.p, ctx.magnitude, ctx.debias = p, magnitude, debias
+
+
+def _backward(ctx, grad_y, _grad_perm, _grad_blocks, _grad_gamma):
+    x, perm, blocks, gamma, k, lam = ctx.saved_tensors
+    grad_x = _OPS.soft_topk_backward(
+        grad_y, x, perm, blocks, gamma, k, lam, ctx.p, ctx.magnitude, ctx.debias
+    )
+    # No gradient flows to k (integer) or lam (the operators are not differentiated in lam).
+    return grad_x, None, None, None, None, None
+
+
+torch.library.register_autograd("smoothprune::soft_topk_forward", _backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# public wrappers
+# ----------------------------------------------------------------------------------------------
+def _as_scalar_tensors(k, lam, device: torch.device):
+    """k and lam travel to the op as 0-d CPU tensors, so new values never change the graph."""
+    k_t = k.to(torch.int64) if isinstance(k, torch.Tensor) else torch.tensor(k, dtype=torch.int64)
+    lam_t = lam.to(torch.float64) if isinstance(lam, torch.Tensor) else torch.tensor(lam, dtype=torch.float64)
+    return k_t, lam_t
+
+
+def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
+    _checks.check_input(fn, x)
+    d = _checks.check_dim(fn, x, dim)
+    n = x.shape[d]
+    k = _checks.check_k(fn, k, n, dim)
+    lam = _checks.check_lam(fn, lam)
+    p = _checks.check_p(fn, p)
+    algorithm = _checks.check_algorithm(fn, algorithm, p, num_iter, x.device)
+    x_last = x.movedim(d, -1)
+    if algorithm == "dykstra":
+        y = dykstra_soft_topk(x_last, k, lam, magnitude, debias, 10 if num_iter is None else num_iter)
+    else:
+        k_t, lam_t = _as_scalar_tensors(k, lam, x.device)
+        y = _OPS.soft_topk_forward(x_last, k_t, lam_t, p, magnitude, debias)[0]
+    return y.movedim(-1, d)
+
+
+def soft_topk_mask(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=None):
+    """Sparse smooth top-k mask along ``dim``.
+
+    Solves ``y* = argmax {<x, y> - (lam/p) sum |y_i|^p : y in [0, 1]^n, sum y = k}`` for every
+    slice. The result sums to ``k``, is exactly 0 below the top region and exactly 1 on
+    confidently kept entries; ties are split evenly; ``lam -> 0`` gives the hard top-k mask.
+
+    Args:
+        x: floating tensor (float16, bfloat16, float32 or float64); computed in float64.
+        k: number of entries to keep per slice, an int or a 0-d integer tensor, ``0 <= k <= n``.
+        lam: regularization strength ``> 0``, a float or a 0-d tensor (not differentiated).
+        p: regularization exponent ``> 1``; ``p = 2`` and ``p = 4/3`` have closed-form solvers.
+        dim: the dimension along which to select.
+        algorithm: ``"pav"`` (exact, native), ``"dykstra"`` (approximate, pure tensor ops,
+            ``p = 2``) or ``"auto"`` (Dykstra on XLA devices, PAV elsewhere).
+        num_iter: Dykstra iterations (default 10); only with ``algorithm="dykstra"``.
+
+    Returns:
+        A tensor like ``x``. Slices holding a NaN or Inf give NaN in every position (and NaN
+        gradients).
+
+    Raises:
+        ValueError: on a non-floating ``x``, ``dim`` out of range, ``k`` outside ``[0, n]``,
+            ``lam <= 0``, ``p <= 1``, or an unknown ``algorithm``.
+
+    Example:
+        >>> import torch, smoothprune as sp
+        >>> sp.soft_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2, lam=1e-2)
+        tensor([0., 0., 1., 1.])
+    """
+    return _soft_topk("soft_topk_mask", x, k, lam, p, dim, algorithm, num_iter, False, False)
+
+
+def soft_topk_mag(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=None, debias=True):
+    """Sparse smooth top-k in magnitude along ``dim`` (smooth magnitude pruning).
+
+    The smooth counterpart of ``x * topk_mask(|x|)``: entries below the top region are exactly
+    0, and ``lam -> 0`` gives the hard operator. With ``debias=True`` (default) confidently kept
+    entries equal ``x`` exactly; ``debias=False`` returns the raw gradient form, whose kept
+    entries shrink (by ``1 / (1 + lam)`` for ``p = 2``).
+
+    Args:
+        x: floating tensor; computed in float64.
+        k: entries to keep per slice, an int or a 0-d integer tensor, ``0 <= k <= n``.
+        lam: regularization strength ``> 0`` (float or 0-d tensor).
+        p: regularization exponent ``> 1``.
+        dim: the dimension along which to select.
+        algorithm: ``"pav"``, ``"dykstra"`` (``p = 2``) or ``"auto"``.
+        num_iter: Dykstra iterations (default 10); only with ``algorithm="dykstra"``.
+        debias: return the de-biased output (see above).
+
+    Returns:
+        A tensor like ``x`` (NaN on slices holding a NaN or Inf).
+
+    Raises:
+        ValueError: as :func:`soft_topk_mask`.
+
+    Example:
+        >>> import torch, smoothprune as sp
+        >>> sp.soft_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2, lam=1e-2)
+        tensor([-5., 0., 3., 0.])
+    """
+    return _soft_topk("soft_topk_mag", x, k, lam, p, dim, algorithm, num_iter, True, bool(debias))
