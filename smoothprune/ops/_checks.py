@@ -58,7 +58,9 @@ def check_lam(fn: str, lam):
         return lam.reshape(())
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise ValueError(f"{fn}: expected lam to be a float or a floating scalar tensor, got {lam!r}")
-    if not (lam > 0 and lam != float("inf")):
+    # Under torch.compile a float lam is traced symbolically: comparing it here would guard on
+    # its value and recompile for every new lam, so the kernel checks it at run time instead.
+    if not torch.compiler.is_compiling() and not (lam > 0 and lam != float("inf")):
         raise ValueError(f"{fn}: expected lam > 0 and finite, got lam={lam}")
     return lam
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from smoothprune.ops._scalars import as_scalar_tensor
+
 
 def _pool_pairs(v: torch.Tensor, u: torch.Tensor, offset: int) -> torch.Tensor:
     """Projection onto {v[offset] >= v[offset+1], v[offset+2] >= v[offset+3], ...} (weights u)."""
@@ -58,12 +60,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _kept_weights(n: int, k, like: torch.Tensor) -> torch.Tensor:
-    """w = 1_k along the last dim (k an int or a 0-d tensor), as `like`'s dtype."""
-    positions = torch.arange(n, device=like.device)
-    if isinstance(k, torch.Tensor):
-        k = k.to(like.device)
-    return (positions < k).to(like.dtype)
 
 
 class _DykstraSoftTopk(torch.autograd.Function):
@@ -74,8 +70,8 @@ class _DykstraSoftTopk(torch.autograd.Function):
         key = xc.abs() if magnitude else xc
         s, perm = torch.sort(key, dim=-1, descending=True, stable=True)
         n = s.shape[-1]
-        lam_c = lam.to(device=x.device, dtype=ct) if isinstance(lam, torch.Tensor) else lam
-        w = _kept_weights(n, k, s)
+        lam_c = lam.to(ct)
+        w = (torch.arange(n, device=x.device) < k).to(ct)  # w = 1_k
         if magnitude:
             u = 1.0 + lam_c * w
             v = isotonic_dykstra(s / u, u, num_iter)
@@ -94,17 +90,14 @@ class _DykstraSoftTopk(torch.autograd.Function):
         x, k, lam, magnitude, debias, _ = inputs
         _, s, perm, v = output
         ctx.mark_non_differentiable(*output[1:])
-        saved_k = k if isinstance(k, torch.Tensor) else torch.tensor(k)
-        saved_lam = lam if isinstance(lam, torch.Tensor) else torch.tensor(float(lam))
-        ctx.save_for_backward(x, s, perm, v, saved_k, saved_lam)
+        ctx.save_for_backward(x, s, perm, v, k, lam)
         ctx.magnitude, ctx.debias = magnitude, debias
 
     @staticmethod
     def backward(ctx, grad_y, *_):
         x, s, perm, v, k, lam = ctx.saved_tensors
         ct = s.dtype
-        lam = lam.to(device=s.device, dtype=ct)
-        k = k.to(s.device)
+        lam = lam.to(ct)
         n = s.shape[-1]
         positions = torch.arange(n, device=s.device)
         kept = positions < k
@@ -140,7 +133,10 @@ class _DykstraSoftTopk(torch.autograd.Function):
 def dykstra_soft_topk(x, k, lam, magnitude: bool, debias: bool, num_iter: int) -> torch.Tensor:
     """Smooth top-k (p = 2) of ``x`` along its last dim by ``num_iter`` Dykstra iterations.
 
-    ``k`` and ``lam`` may be Python numbers or 0-d tensors (tensors keep one compiled graph for
-    all values). Arguments are validated by the public wrappers in ``smoothprune.ops``.
+    ``k`` and ``lam`` may be Python numbers or 0-d tensors; they become 0-d tensors on ``x``'s
+    device, so one compiled graph serves every value. Arguments are validated by the public
+    wrappers in ``smoothprune.ops``.
     """
-    return _DykstraSoftTopk.apply(x, k, lam, magnitude, debias, num_iter)[0]
+    k_t = as_scalar_tensor(k, torch.int64, x.device)
+    lam_t = as_scalar_tensor(lam, torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
+    return _DykstraSoftTopk.apply(x, k_t, lam_t, magnitude, debias, num_iter)[0]

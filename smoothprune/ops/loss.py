@@ -21,6 +21,8 @@ import numbers
 import torch
 
 from smoothprune.ops._checks import check_input, check_lam, check_p
+from smoothprune.ops._scalars import as_scalar_tensor
+from smoothprune.ops.hard_topk import hard_topk_mask
 from smoothprune.ops.soft_topk import soft_topk_mask
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -54,11 +56,12 @@ def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill):
 
 def _target_polytope_point(logits: torch.Tensor, target: torch.Tensor, k: int, fill: str) -> torch.Tensor:
     onehot = torch.zeros_like(logits).scatter(-1, target.unsqueeze(-1), 1.0)
-    if fill == "none" or k == 1:
+    if fill == "none":
         return onehot
     others = logits.detach().masked_fill(onehot.bool(), float("-inf"))
-    top_others = others.topk(k - 1, dim=-1).indices
-    return onehot.scatter(-1, top_others, 1.0)
+    # k - 1 as a tensor: no output shape depends on k, so new values of k do not recompile
+    k_others = as_scalar_tensor(k - 1, torch.int64, logits.device)
+    return onehot + hard_topk_mask(others, k_others, dim=-1)
 
 
 class _FenchelYoungTopk(torch.autograd.Function):

@@ -12,6 +12,7 @@ import torch
 
 from smoothprune import _native  # noqa: F401  (loads the op library)
 from smoothprune.ops import _checks
+from smoothprune.ops._scalars import as_scalar_tensor
 from smoothprune.ops.dykstra import dykstra_soft_topk
 
 _OPS = torch.ops.smoothprune
@@ -58,13 +59,6 @@ torch.library.register_autograd("smoothprune::soft_topk_forward", _backward, set
 # ----------------------------------------------------------------------------------------------
 # public wrappers
 # ----------------------------------------------------------------------------------------------
-def _as_scalar_tensors(k, lam, device: torch.device):
-    """k and lam travel to the op as 0-d CPU tensors, so new values never change the graph."""
-    k_t = k.to(torch.int64) if isinstance(k, torch.Tensor) else torch.tensor(k, dtype=torch.int64)
-    lam_t = lam.to(torch.float64) if isinstance(lam, torch.Tensor) else torch.tensor(lam, dtype=torch.float64)
-    return k_t, lam_t
-
-
 def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     _checks.check_input(fn, x)
     d = _checks.check_dim(fn, x, dim)
@@ -77,7 +71,9 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     if algorithm == "dykstra":
         y = dykstra_soft_topk(x_last, k, lam, magnitude, debias, 10 if num_iter is None else num_iter)
     else:
-        k_t, lam_t = _as_scalar_tensors(k, lam, x.device)
+        # k and lam travel to the native op as 0-d CPU tensors (read by the kernel).
+        k_t = as_scalar_tensor(k, torch.int64, "cpu")
+        lam_t = as_scalar_tensor(lam, torch.float64, "cpu")
         y = _OPS.soft_topk_forward(x_last, k_t, lam_t, p, magnitude, debias)[0]
     return y.movedim(-1, d)
 

@@ -1,0 +1,117 @@
+"""The smooth top-k Fenchel-Young loss and its stance on the shift direction."""
+
+import numpy as np
+import pytest
+import torch
+
+import smoothprune as sp
+
+
+def _data(seed=0, n=16, c=10, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g, dtype=dtype), torch.randint(0, c, (n,), generator=g)
+
+
+def _completed_target(logits, target, k):
+    t = torch.zeros_like(logits)
+    t[torch.arange(len(target)), target] = 1.0
+    others = logits.masked_fill(t.bool(), -np.inf)
+    if k > 1:
+        t.scatter_(-1, others.topk(k - 1, -1).indices, 1.0)
+    return t
+
+
+@pytest.mark.parametrize("p", [2.0, 4 / 3])
+@pytest.mark.parametrize("fill", ["topk", "none"])
+def test_gradient_is_ystar_minus_target(p, fill):
+    logits, target = _data()
+    logits.requires_grad_()
+    for k in (1, 3, 5):
+        loss = sp.soft_topk_loss(logits, target, k, lam=0.7, p=p, reduction="sum", fill=fill)
+        (g,) = torch.autograd.grad(loss, logits)
+        y = sp.soft_topk_mask(logits.detach(), k, lam=0.7, p=p)
+        t = _completed_target(logits.detach(), target, k) if fill == "topk" else torch.nn.functional.one_hot(target, 10).double()
+        assert torch.allclose(g, y - t, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [2.0, 4 / 3, 3.0])
+def test_gradient_matches_finite_differences(p):
+    logits, target = _data(1, n=4, c=6)
+    logits.requires_grad_()
+    for fill in ("topk", "none"):
+        fn = lambda z: sp.soft_topk_loss(z, target, 3, lam=0.5, p=p, reduction="sum", fill=fill)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (logits,), eps=1e-6, atol=1e-6)
+
+
+def test_default_loss_is_bounded_below_and_shift_invariant():
+    logits, target = _data(2)
+    for k in (2, 3, 5):
+        loss = sp.soft_topk_loss(logits, target, k, reduction="none")
+        assert torch.all(loss >= -1e-12)
+        for c in (-100.0, 3.0, 1e4):
+            shifted = sp.soft_topk_loss(logits + c, target, k, reduction="none")
+            assert torch.allclose(shifted, loss, atol=1e-9 * max(1, abs(c)))
+
+
+def test_raw_one_hot_loss_is_unbounded_along_the_shift_for_k_above_one():
+    logits, target = _data(3)
+    k = 3
+    base = sp.soft_topk_loss(logits, target, k, reduction="none", fill="none")
+    for c in (1.0, 10.0, 1000.0):
+        shifted = sp.soft_topk_loss(logits - c, target, k, reduction="none", fill="none")
+        assert torch.allclose(shifted, base - c * (k - 1), atol=1e-9 * c)
+    # k = 1: both stances coincide and are shift invariant
+    assert torch.allclose(
+        sp.soft_topk_loss(logits, target, 1, fill="none"), sp.soft_topk_loss(logits, target, 1, fill="topk")
+    )
+
+
+def test_zero_loss_once_label_is_confidently_in_top_k_and_hinge_limit():
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0], [5.0, 4.0, 0.0, -1.0]], dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    loss = sp.soft_topk_loss(logits, target, 2, lam=0.1, reduction="none")
+    assert loss[0] == 0.0 and loss[1] > 0
+    # lam -> 0: the top-k hinge max(0, theta_[k] - theta_label)
+    logits, target = _data(4)
+    hinge = (logits.topk(3, -1).values[:, -1] - logits.gather(1, target[:, None])[:, 0]).clamp(min=0)
+    assert torch.allclose(sp.soft_topk_loss(logits, target, 3, lam=1e-9, reduction="none"), hinge, atol=1e-8)
+
+
+def test_reductions_module_and_dtypes():
+    logits, target = _data(5, dtype=torch.float32)
+    per = sp.soft_topk_loss(logits, target, 3, reduction="none")
+    assert per.shape == (16,)
+    assert torch.allclose(sp.soft_topk_loss(logits, target, 3), per.mean())
+    assert torch.allclose(sp.soft_topk_loss(logits, target, 3, reduction="sum"), per.sum())
+    module = sp.SoftTopKLoss(3)
+    assert torch.allclose(module(logits, target), per.mean())
+    assert "k=3" in repr(module)
+    half = sp.soft_topk_loss(logits.half(), target, 3)
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    # batched leading dims: [B, T, C] logits with [B, T] targets
+    logits3 = logits.reshape(4, 4, 10)
+    assert torch.allclose(sp.soft_topk_loss(logits3, target.reshape(4, 4), 3, reduction="none").flatten(), per)
+
+
+BAD = [
+    (lambda l, t: sp.soft_topk_loss(l, t[:5], 3), "expected target of shape (16,) for logits of shape (16, 10)"),
+    (lambda l, t: sp.soft_topk_loss(l, t.float(), 3), "expected target to be an integer tensor"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 11), "expected an int 1 <= k <= 10 (the number of classes), got k=11"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 0), "got k=0"),
+    (lambda l, t: sp.soft_topk_loss(l, t + 10, 3), "expected target values in [0, 9]"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 3, lam=0.0), "expected lam > 0"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 3, p=1.0), "expected p > 1"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 3, reduction="avg"), "expected reduction in"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 3, fill="centered"), "expected fill in"),
+    (lambda l, t: sp.soft_topk_loss(l.long(), t, 3), "expected x of dtype"),
+    (lambda l, t: sp.SoftTopKLoss(0), "SoftTopKLoss: expected an int k >= 1, got k=0"),
+    (lambda l, t: sp.SoftTopKLoss(2, lam=-1), "SoftTopKLoss: expected lam > 0"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD, ids=[m for _, m in BAD])
+def test_bad_loss_arguments(call, message):
+    logits, target = _data()
+    with pytest.raises(ValueError) as info:
+        call(logits, target)
+    assert message in str(info.value)
