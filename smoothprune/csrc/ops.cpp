@@ -23,10 +23,11 @@ std::string build_info() {
 
 TORCH_LIBRARY(smoothprune, m) {
   // Sparse smooth top-k along the last dim. Returns (y, perm, blocks, gamma): the output and the
-  // integer state the backward needs (see soft_topk_cpu.cpp).
+  // integer state the backward needs (see soft_topk_cpu.cpp). full_sort=True skips the
+  // selection shortcut and sorts whole rows (the reference the tests compare it with).
   m.def(
-      "soft_topk_forward(Tensor x, Tensor k, Tensor lam, float p, bool magnitude, bool debias)"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
+      "soft_topk_forward(Tensor x, Tensor k, Tensor lam, float p, bool magnitude, bool debias, "
+      "bool full_sort=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // Vector-Jacobian product of soft_topk_forward's first output, O(n) per row.
   m.def(
       "soft_topk_backward(Tensor grad, Tensor x, Tensor perm, Tensor blocks, Tensor gamma, "

@@ -14,7 +14,9 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -58,64 +60,155 @@ bool row_is_finite(const scalar_t* x, int64_t n) {
   return true;
 }
 
+// Solves one row at a time, reusing its scratch buffers across the rows of a thread.
+//
+// Selection instead of sorting (DESIGN.md section 2): t_k and t_{k+1}, the k-th and (k+1)-th
+// largest keys, come from std::nth_element in O(n). The pooled block's value lies in
+// [val(t_k), t_{k+1}], so every key >= hi = val^{-1}(t_{k+1}) is a kept singleton and every
+// key <= lo = val(t_k) a pruned singleton; only the window (lo, hi) is sorted and solved. If the
+// block found in the window touches a window edge with elements beyond it (possible only
+// through rounding at the bounds) the row is solved again by a full sort.
+//
+// Either way `perm` is laid out as [kept singletons | pooled block (sorted) | pruned], which is
+// all the backward needs.
+template <typename scalar_t>
+class RowSolver {
+ public:
+  RowSolver(int64_t n, int64_t k, const TopkParams& P, bool full_sort)
+      : n_(n), k_(k), P_(P), full_sort_(full_sort), key_(n), sel_(n), window_(n), s_(n) {
+    ws_.resize(n);
+  }
+
+  void run(const scalar_t* x, scalar_t* y, int32_t* perm, int64_t* blocks, double* gamma) {
+    if (!row_is_finite(x, n_)) {
+      for (int64_t i = 0; i < n_; ++i) {
+        y[i] = static_cast<scalar_t>(kNaN);
+        perm[i] = static_cast<int32_t>(i);
+      }
+      blocks[0] = blocks[1] = -1;
+      *gamma = kNaN;
+      return;
+    }
+    for (int64_t i = 0; i < n_; ++i) {
+      const Key v = static_cast<Key>(x[i]);
+      key_[i] = P_.magnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
+    }
+    BoundaryBlock blk{k_, k_, 0.0};
+    if (k_ == 0 || k_ == n_) {
+      for (int64_t i = 0; i < n_; ++i) perm[i] = static_cast<int32_t>(i);
+    } else if (full_sort_ || !solve_by_selection(perm, &blk)) {
+      solve_by_full_sort(perm, &blk);
+    }
+    blocks[0] = blk.a;
+    blocks[1] = blk.b;
+    *gamma = blk.a < blk.b ? blk.gamma : 0.0;
+    write_outputs(x, y, perm, blk);
+  }
+
+ private:
+  using Key = KeyFloat<scalar_t>;
+
+  // val^{-1}: the key whose kept-singleton value is v.
+  double kept_inverse(double v) const {
+    if (!P_.magnitude) return v + P_.lam;
+    if (P_.kind == PKind::kTwo) return v * (1.0 + P_.lam);
+    return v + P_.lam * std::pow(std::max(v, 0.0), P_.p - 1.0);
+  }
+
+  bool solve_by_selection(int32_t* perm, BoundaryBlock* blk) {
+    std::copy(key_.begin(), key_.end(), sel_.begin());
+    std::nth_element(sel_.begin(), sel_.begin() + (k_ - 1), sel_.end(), std::greater<Key>());
+    const Key tk = sel_[k_ - 1];
+    const Key tk1 = *std::max_element(sel_.begin() + k_, sel_.end());
+    const double lo = singleton_value(static_cast<double>(tk), true, P_);
+    if (!(lo < static_cast<double>(tk1))) {
+      // Nothing pools: the hard top-k, ties at t_k taken in index order (as a stable sort does).
+      int64_t need = k_;
+      for (int64_t i = 0; i < n_; ++i) need -= key_[i] > tk;
+      int64_t front = 0, back = n_;
+      for (int64_t i = 0; i < n_; ++i) {
+        const bool kept = key_[i] > tk || (key_[i] == tk && need-- > 0);
+        perm[kept ? front++ : --back] = static_cast<int32_t>(i);
+      }
+      return true;
+    }
+    const double hi = kept_inverse(static_cast<double>(tk1));
+    int64_t front = 0, back = n_, m = 0;
+    for (int64_t i = 0; i < n_; ++i) {
+      const double v = static_cast<double>(key_[i]);
+      if (v >= hi) {
+        perm[front++] = static_cast<int32_t>(i);
+      } else if (v <= lo) {
+        perm[--back] = static_cast<int32_t>(i);
+      } else {
+        window_[m++] = static_cast<int32_t>(i);
+      }
+    }
+    const int64_t n_above = front, n_below = n_ - back, k_local = k_ - n_above;
+    if (k_local < 1 || k_local >= m) return false;
+    for (int64_t i = 0; i < m; ++i) ws_.keys[i] = descending_key(key_[window_[i]]);
+    sort_keys_with_index(ws_, m);
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t j = window_[ws_.idx[i]];
+      perm[n_above + i] = j;
+      s_[i] = static_cast<double>(key_[j]);
+    }
+    const BoundaryBlock local = solve_sorted_row(s_.data(), m, k_local, P_);
+    if ((local.a == 0 && n_above > 0) || (local.b == m && n_below > 0)) return false;
+    *blk = {n_above + local.a, n_above + local.b, local.gamma};
+    return true;
+  }
+
+  void solve_by_full_sort(int32_t* perm, BoundaryBlock* blk) {
+    for (int64_t i = 0; i < n_; ++i) ws_.keys[i] = descending_key(key_[i]);
+    sort_keys_with_index(ws_, n_);
+    for (int64_t i = 0; i < n_; ++i) {
+      perm[i] = ws_.idx[i];
+      s_[i] = static_cast<double>(key_[ws_.idx[i]]);
+    }
+    *blk = solve_sorted_row(s_.data(), n_, k_, P_);
+  }
+
+  void write_outputs(const scalar_t* x, scalar_t* y, const int32_t* perm, const BoundaryBlock& blk) {
+    for (int64_t i = 0; i < blk.a; ++i) {  // kept singletons
+      const int32_t j = perm[i];
+      if (!P_.magnitude) {
+        y[j] = scalar_t(1);
+      } else if (P_.debias) {
+        y[j] = x[j];  // the de-biased kept value is x itself, exactly
+      } else {
+        const double v = kept_value(static_cast<double>(key_[j]), P_, nullptr);
+        y[j] = static_cast<scalar_t>(static_cast<double>(x[j]) < 0 ? -v : v);
+      }
+    }
+    for (int64_t i = blk.a; i < blk.b; ++i) {  // pooled boundary block
+      const int32_t j = perm[i];
+      const double z = static_cast<double>(key_[j]) - blk.gamma;
+      double out = psi(z, P_) + ((P_.magnitude && P_.debias) ? z : 0.0);
+      if (P_.magnitude && out != 0.0 && static_cast<double>(x[j]) < 0) out = -out;
+      y[j] = static_cast<scalar_t>(out);
+    }
+    for (int64_t i = blk.b; i < n_; ++i) y[perm[i]] = scalar_t(0);  // pruned singletons
+  }
+
+  const int64_t n_, k_;
+  const TopkParams P_;
+  const bool full_sort_;
+  std::vector<Key> key_, sel_;
+  std::vector<int32_t> window_;
+  std::vector<double> s_;
+  SortWorkspace<KeyInt<scalar_t>> ws_;
+};
+
 template <typename scalar_t>
 void forward_rows(const scalar_t* x_all, scalar_t* y_all, int32_t* perm_all, int64_t* blocks_all,
-                  double* gamma_all, int64_t rows, int64_t n, int64_t k, const TopkParams& P) {
+                  double* gamma_all, int64_t rows, int64_t n, int64_t k, const TopkParams& P,
+                  bool full_sort) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    SortWorkspace<KeyInt<scalar_t>> ws;
-    ws.resize(n);
-    std::vector<double> s(n);
+    RowSolver<scalar_t> solver(n, k, P, full_sort);
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* x = x_all + r * n;
-      scalar_t* y = y_all + r * n;
-      int32_t* perm = perm_all + r * n;
-      int64_t* blocks = blocks_all + 2 * r;
-      if (!row_is_finite(x, n)) {
-        for (int64_t i = 0; i < n; ++i) {
-          y[i] = static_cast<scalar_t>(kNaN);
-          perm[i] = static_cast<int32_t>(i);
-        }
-        blocks[0] = blocks[1] = -1;
-        gamma_all[r] = kNaN;
-        continue;
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        const KeyFloat<scalar_t> v = static_cast<KeyFloat<scalar_t>>(x[i]);
-        // `+ 0` turns -0.0 into +0.0 so that both zeros share one key.
-        ws.keys[i] = descending_key(P.magnitude ? std::abs(v) : v + KeyFloat<scalar_t>(0));
-      }
-      sort_keys_with_index(ws, n);
-      for (int64_t i = 0; i < n; ++i) {
-        const double v = static_cast<double>(x[ws.idx[i]]);
-        s[i] = P.magnitude ? std::abs(v) : v;
-        perm[i] = ws.idx[i];
-      }
-      const BoundaryBlock blk = solve_sorted_row(s.data(), n, k, P);
-      blocks[0] = blk.a;
-      blocks[1] = blk.b;
-      gamma_all[r] = blk.a < blk.b ? blk.gamma : 0.0;
-      for (int64_t i = 0; i < n; ++i) {
-        const int32_t j = ws.idx[i];
-        double out;
-        if (i < blk.a) {  // kept singleton
-          if (!P.magnitude) {
-            out = 1.0;
-          } else if (P.debias) {
-            y[j] = x[j];  // the de-biased kept value is x itself, exactly
-            continue;
-          } else {
-            out = kept_value(s[i], P, nullptr);
-          }
-        } else if (i < blk.b) {  // pooled boundary block
-          const double z = s[i] - blk.gamma;
-          out = psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0);
-        } else {  // pruned singleton
-          out = 0.0;
-        }
-        if (P.magnitude && out != 0.0 && static_cast<double>(x[j]) < 0) out = -out;
-        y[j] = static_cast<scalar_t>(out);
-      }
+      solver.run(x_all + r * n, y_all + r * n, perm_all + r * n, blocks_all + 2 * r, gamma_all + r);
     }
   });
 }
@@ -188,7 +281,7 @@ void backward_rows(const scalar_t* g_all, const scalar_t* x_all, const int32_t* 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cpu(
     const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, double p, bool magnitude,
-    bool debias) {
+    bool debias, bool full_sort) {
   const auto args = check_soft_topk_args("soft_topk_forward", x, k, lam, p);
   const at::Tensor xc = x.contiguous();
   const int64_t n = xc.dim() == 0 ? 1 : xc.size(-1);
@@ -204,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cpu
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_forward", [&] {
     forward_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
                            perm.mutable_data_ptr<int32_t>(), blocks.mutable_data_ptr<int64_t>(),
-                           gamma.mutable_data_ptr<double>(), rows, n, args.k, P);
+                           gamma.mutable_data_ptr<double>(), rows, n, args.k, P, full_sort);
   });
   return {y, perm, blocks, gamma};
 }

@@ -22,7 +22,7 @@ _OPS = torch.ops.smoothprune
 # fake kernels and autograd of the native ops
 # ----------------------------------------------------------------------------------------------
 @torch.library.register_fake("smoothprune::soft_topk_forward")
-def _soft_topk_forward_fake(x, k, lam, p, magnitude, debias):
+def _soft_topk_forward_fake(x, k, lam, p, magnitude, debias, full_sort=False):
     batch = x.shape[:-1]
     return (
         x.new_empty(x.shape),
@@ -38,7 +38,7 @@ def _soft_topk_backward_fake(grad, x, perm, blocks, gamma, k, lam, p, magnitude,
 
 
 def _setup_context(ctx, inputs, output):
-    x, k, lam, p, magnitude, debias = inputs
+    x, k, lam, p, magnitude, debias = inputs[:6]
     _, perm, blocks, gamma = output
     ctx.save_for_backward(x, perm, blocks, gamma, k, lam)
     ctx.p, ctx.magnitude, ctx.debias = p, magnitude, debias
@@ -50,7 +50,7 @@ def _backward(ctx, grad_y, _grad_perm, _grad_blocks, _grad_gamma):
         grad_y, x, perm, blocks, gamma, k, lam, ctx.p, ctx.magnitude, ctx.debias
     )
     # No gradient flows to k (integer) or lam (the operators are not differentiated in lam).
-    return grad_x, None, None, None, None, None
+    return grad_x, None, None, None, None, None, None
 
 
 torch.library.register_autograd("smoothprune::soft_topk_forward", _backward, setup_context=_setup_context)
