@@ -3,7 +3,8 @@
 Importing this package loads the native operators; it loads neither Lightning nor Hydra.
 """
 
-from smoothprune import _native
+from smoothprune import _native, schedules
+from smoothprune.export import load_sparse, save_sparse
 from smoothprune.nn import SoftTopKLoss
 from smoothprune.ops import (
     hard_topk_mag,
@@ -12,6 +13,7 @@ from smoothprune.ops import (
     soft_topk_mag,
     soft_topk_mask,
 )
+from smoothprune.pruning import harden_, prune_, set_lam_, set_sparsity_, sparsity_report
 
 __version__ = "0.1.0"
 
@@ -22,5 +24,13 @@ __all__ = [
     "hard_topk_mag",
     "soft_topk_loss",
     "SoftTopKLoss",
+    "prune_",
+    "harden_",
+    "set_sparsity_",
+    "set_lam_",
+    "sparsity_report",
+    "save_sparse",
+    "load_sparse",
+    "schedules",
     "__version__",
 ]

@@ -67,5 +67,6 @@ def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
         tensor([-5., 0., 3., 0.])
     """
     if isinstance(x, torch.Tensor):
-        return x * _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim)
+        keep = _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim) != 0
+        return torch.where(keep, x, x.new_zeros(()))  # +0.0 on pruned entries (x * 0 gives -0.0)
     return _hard_mask("hard_topk_mag", x, x, k, dim)

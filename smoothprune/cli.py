@@ -1,0 +1,87 @@
+"""The `smoothprune` command line.
+
+    smoothprune export CKPT -o FILE   # Lightning checkpoint -> compact sparse safetensors file
+    smoothprune inspect FILE          # per-tensor table of a sparse file
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _export(args) -> int:
+    import torch
+
+    from smoothprune.export import save_sparse
+
+    if not os.path.isfile(args.checkpoint):
+        print(f"smoothprune export: no such checkpoint file: {args.checkpoint}", file=sys.stderr)
+        return 2
+    try:
+        # weights_only: nothing from the file is unpickled beyond tensors and plain containers
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        print(f"smoothprune export: cannot read {args.checkpoint} as a torch checkpoint with "
+              f"weights_only=True: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        print(f"smoothprune export: {args.checkpoint} holds no state_dict", file=sys.stderr)
+        return 2
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    entries = save_sparse(state, args.output, metadata={"source": os.path.basename(args.checkpoint)})
+    dense = sum(torch.Size(e["shape"]).numel() * torch.empty((), dtype=getattr(torch, e["dtype"])).element_size()
+                for e in entries.values())
+    size = os.path.getsize(args.output)
+    print(f"wrote {args.output}: {len(entries)} tensors, {size:,} bytes "
+          f"({100 * size / max(dense, 1):.1f}% of the {dense:,} bytes of dense tensor data)")
+    return 0
+
+
+def _inspect(args) -> int:
+    from smoothprune.export import read_sparse_metadata
+
+    if not os.path.isfile(args.file):
+        print(f"smoothprune inspect: no such file: {args.file}", file=sys.stderr)
+        return 2
+    try:
+        entries = read_sparse_metadata(args.file)
+    except ValueError as exc:
+        print(f"smoothprune inspect: {exc}", file=sys.stderr)
+        return 2
+    rows = [("tensor", "shape", "dtype", "encoding", "nnz", "sparsity")]
+    total = zeros = 0
+    for name, e in entries.items():
+        numel = 1
+        for s in e["shape"]:
+            numel *= s
+        total += numel
+        zeros += numel - e["nnz"]
+        rows.append((name, "×".join(map(str, e["shape"])) or "scalar", e["dtype"], e["encoding"], str(e["nnz"]),
+                     f"{e['sparsity']:.4f}"))
+    rows.append(("total", "", "", "", str(total - zeros), f"{zeros / max(total, 1):.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"file size: {os.path.getsize(args.file):,} bytes")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="smoothprune", description="Sparse smooth top-k pruning tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("export", help="hard-prune a Lightning checkpoint into a compact safetensors file")
+    p.add_argument("checkpoint", help="a Lightning .ckpt (or a torch file holding a state_dict)")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    p.set_defaults(run=_export)
+    p = sub.add_parser("inspect", help="per-tensor table of a sparse safetensors file")
+    p.add_argument("file")
+    p.set_defaults(run=_inspect)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

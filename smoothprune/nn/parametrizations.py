@@ -1,0 +1,136 @@
+"""Top-k-in-magnitude parametrizations for `torch.nn.utils.parametrize`: ``W = topk_mag(W')``.
+
+Every scope reduces to the same computation: view the tensor as groups of ``group_size``
+consecutive entries (the whole tensor for "layer" and "global", one output row for "row", ``M``
+entries for "N:M") and keep ``k`` entries of each group. ``k``, ``lam`` and the target
+``sparsity`` live in buffers that are updated in place (`set_sparsity`, `set_lam`), so changing
+them never rebuilds a module or recompiles a compiled model; the buffers travel with the
+model's state_dict, which is what makes checkpoints resumable and exportable.
+
+Three methods share this layout:
+
+* `SoftTopKMag` ("smooth"): ``W = soft_topk_mag(W', k, lam, p)``, the sparse smooth operator.
+* `HardTopKMag` ("hard"): ``W = hard_topk_mag(W', k)``; its gradient passes through kept entries.
+* `StraightThroughTopKMag` ("ste"): the hard forward with the smooth operator's gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from smoothprune.ops.hard_topk import hard_topk_mag
+from smoothprune.ops.soft_topk import soft_topk_mag
+
+METHODS = ("smooth", "hard", "ste")
+
+
+def kept_per_group(sparsity: float, group_size: int) -> int:
+    """Entries kept in a group of ``group_size`` at ``sparsity``: ``round((1 - s) * group_size)``."""
+    return int(round((1.0 - float(sparsity)) * group_size))
+
+
+class TopKMagParametrization(torch.nn.Module):
+    """Base class: groups, buffers and in-place updates; subclasses choose the operator.
+
+    Args:
+        shape: shape of the parametrized tensor.
+        group_size: entries per group; must divide ``numel``.
+        sparsity: initial target sparsity in ``[0, 1]``.
+        lam: regularization strength ``> 0`` of the smooth operator.
+        p: regularization exponent ``> 1``.
+        scope: a label kept for reports (``"layer"``, ``"global"``, ``"row"``, ``"N:M"``).
+        algorithm, num_iter, debias: passed to :func:`smoothprune.soft_topk_mag`.
+    """
+
+    method = "base"
+
+    def __init__(self, shape, group_size: int, sparsity: float, lam: float, p: float, scope: str,
+                 algorithm: str = "auto", num_iter=None, debias: bool = True):
+        super().__init__()
+        numel = 1
+        for s in shape:
+            numel *= int(s)
+        if group_size < 1 or numel % group_size:
+            raise ValueError(
+                f"{type(self).__name__}: expected a group size that divides the {numel} entries of a "
+                f"tensor of shape {tuple(shape)}, got group_size={group_size}"
+            )
+        self.shape = tuple(int(s) for s in shape)
+        self.group_size = int(group_size)
+        self.p = float(p)
+        self.scope = scope
+        self.algorithm = algorithm
+        self.num_iter = num_iter
+        self.debias = bool(debias)
+        # Persistent buffers: saved with the model, restored on resume, read by the exporter.
+        self.register_buffer("k", torch.tensor(kept_per_group(sparsity, group_size), dtype=torch.int64))
+        self.register_buffer("group", torch.tensor(self.group_size, dtype=torch.int64))
+        self.register_buffer("sparsity", torch.tensor(float(sparsity), dtype=torch.float64))
+        self.register_buffer("lam", torch.tensor(float(lam), dtype=torch.float64))
+
+    # -- in-place updates (no new tensors: compiled graphs and optimizers stay valid) -----------
+    @torch.no_grad()
+    def set_sparsity(self, sparsity: float) -> None:
+        self.sparsity.fill_(float(sparsity))
+        self.k.fill_(kept_per_group(sparsity, self.group_size))
+
+    @torch.no_grad()
+    def set_k(self, k: int) -> None:
+        """Sets the kept count directly (global scope allocates it across tensors)."""
+        self.k.fill_(int(k))
+
+    @torch.no_grad()
+    def set_lam(self, lam: float) -> None:
+        self.lam.fill_(float(lam))
+
+    # -- computation ---------------------------------------------------------------------------
+    def _k(self):
+        # Eager: a Python int (the buffer lives on the CPU side of the op anyway). Compiled: the
+        # 0-d tensor, so that new values of k never recompile.
+        return self.k if torch.compiler.is_compiling() else int(self.k)
+
+    def _grouped(self, w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(-1, self.group_size)
+
+    def smooth(self, w: torch.Tensor) -> torch.Tensor:
+        y = soft_topk_mag(self._grouped(w), self._k(), lam=self.lam, p=self.p,
+                          algorithm=self.algorithm, num_iter=self.num_iter, debias=self.debias)
+        return y.reshape(w.shape)
+
+    def hard(self, w: torch.Tensor) -> torch.Tensor:
+        return hard_topk_mag(self._grouped(w), self._k()).reshape(w.shape)
+
+    def extra_repr(self) -> str:
+        return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "
+                f"sparsity={float(self.sparsity):.4g}, lam={float(self.lam):.3g}, p={self.p:.4g}")
+
+
+class SoftTopKMag(TopKMagParametrization):
+    """``W = soft_topk_mag(W')`` per group: exactly sparse, differentiable, hard as lam -> 0."""
+
+    method = "smooth"
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.smooth(w)
+
+
+class HardTopKMag(TopKMagParametrization):
+    """``W = hard_topk_mag(W')`` per group (the classic magnitude-pruning baseline)."""
+
+    method = "hard"
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.hard(w)
+
+
+class StraightThroughTopKMag(TopKMagParametrization):
+    """Hard forward, smooth backward: ``hard + (smooth - smooth.detach())``."""
+
+    method = "ste"
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        smooth = self.smooth(w)
+        return self.hard(w.detach()) + (smooth - smooth.detach())
+
+
+PARAMETRIZATIONS = {"smooth": SoftTopKMag, "hard": HardTopKMag, "ste": StraightThroughTopKMag}

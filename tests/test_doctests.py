@@ -1,0 +1,21 @@
+"""The runnable examples in the docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+import smoothprune.export
+import smoothprune.nn.loss
+import smoothprune.ops.hard_topk
+import smoothprune.ops.loss
+import smoothprune.ops.soft_topk
+import smoothprune.pruning
+
+MODULES = [smoothprune.export, smoothprune.nn.loss, smoothprune.ops.hard_topk, smoothprune.ops.loss,
+           smoothprune.ops.soft_topk, smoothprune.pruning]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
