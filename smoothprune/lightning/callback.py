@@ -143,7 +143,6 @@ class SmoothPruningImpl:
         self.verbose, self.algorithm, self.num_iter = verbose, algorithm, num_iter
         if verbose:
             _enable_console_log()
-        self.clock = 0  # the schedules' position: optimizer steps or epochs
         self.current_sparsity = self.sparsity_schedule.at(0)
         self.current_lam = self.lam_schedule.at(0)
 
@@ -210,7 +209,6 @@ class SmoothPruningImpl:
     def state_dict(self) -> dict:
         return {
             "version": 1,
-            "clock": self.clock,
             "sparsity_schedule": self.sparsity_schedule.state_dict(),
             "lam_schedule": self.lam_schedule.state_dict(),
             "current_sparsity": self.current_sparsity,
@@ -220,7 +218,6 @@ class SmoothPruningImpl:
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("version") != 1:
             raise ValueError(f"SmoothPruning: expected a state_dict of version 1, got {state_dict.get('version')!r}")
-        self.clock = int(state_dict["clock"])
         self.sparsity_schedule.load_state_dict(state_dict["sparsity_schedule"])
         self.lam_schedule.load_state_dict(state_dict["lam_schedule"])
         self.current_sparsity = float(state_dict["current_sparsity"])
@@ -228,7 +225,8 @@ class SmoothPruningImpl:
 
     # -- internals -------------------------------------------------------------------------------
     def _update(self, pl_module, clock: int) -> None:
-        self.clock = clock
+        """Moves the schedules to ``clock`` (optimizer steps or epochs) and, every `frequency`
+        ticks, writes their values into the model."""
         self.sparsity_schedule.last_step = clock
         self.lam_schedule.last_step = clock
         if clock % self.frequency:
