@@ -26,6 +26,7 @@ import tempfile
 import torch
 
 from smoothprune.ops.hard_topk import hard_topk_mag
+from smoothprune.pruning import global_allocation
 
 FORMAT_VERSION = 1
 _SEP = "::"
@@ -42,14 +43,16 @@ def _hard_topk_groups(original: torch.Tensor, group: int, k: int) -> torch.Tenso
 def hardened_state_dict(state_dict: dict) -> dict:
     """Un-parametrizes a state_dict saved from a model pruned by smoothprune.
 
-    ``X.parametrizations.W.original`` (with its buffers ``X.parametrizations.W.0.k`` and
-    ``.0.group``) becomes ``X.W`` holding the exactly-k hard top-k per group; the
-    parametrization buffers are dropped; every other entry is kept as it is.
+    ``X.parametrizations.W.original`` (with its buffers ``X.parametrizations.W.0.k``,
+    ``.0.group``, ``.0.shared`` and ``.0.sparsity``) becomes ``X.W`` holding the exactly-k hard
+    top-k per group, as `smoothprune.harden_` would leave it: global-scope tensors (``shared``)
+    are re-allocated from the saved weights first. The parametrization buffers are dropped;
+    every other entry is kept as it is.
 
     Raises:
         ValueError: if a parametrized tensor lacks the buffers smoothprune saves with it.
     """
-    out = {}
+    out, pruned = {}, {}  # pruned: output key -> (original, buffer prefix)
     for key, value in state_dict.items():
         match = _PARAM_KEY.match(key)
         if match is None:
@@ -58,13 +61,21 @@ def hardened_state_dict(state_dict: dict) -> dict:
             continue
         prefix, name = match.group("prefix"), match.group("name")
         base = f"{prefix}parametrizations.{name}.0."
-        if base + "k" not in state_dict or base + "group" not in state_dict:
+        missing = [b for b in ("k", "group", "shared", "sparsity") if base + b not in state_dict]
+        if missing:
             raise ValueError(
-                f"hardened_state_dict: expected smoothprune's buffers {base}k and {base}group beside "
-                f"{key!r}; is this tensor parametrized by something else?"
+                f"hardened_state_dict: expected smoothprune's buffers {', '.join(base + b for b in missing)} "
+                f"beside {key!r}; is this tensor parametrized by something else?"
             )
-        k, group = int(state_dict[base + "k"]), int(state_dict[base + "group"])
-        out[f"{prefix}{name}"] = _hard_topk_groups(value.detach(), group, k)
+        out[f"{prefix}{name}"] = None  # keeps the state_dict's order
+        pruned[f"{prefix}{name}"] = (value.detach(), base)
+    ks = {key: int(state_dict[base + "k"]) for key, (_, base) in pruned.items()}
+    shared = [key for key, (_, base) in pruned.items() if int(state_dict[base + "shared"])]
+    if shared:
+        sparsity = float(state_dict[pruned[shared[0]][1] + "sparsity"])
+        ks |= dict(zip(shared, global_allocation([pruned[key][0] for key in shared], sparsity)))
+    for key, (original, base) in pruned.items():
+        out[key] = _hard_topk_groups(original, int(state_dict[base + "group"]), ks[key])
     return out
 
 

@@ -247,29 +247,29 @@ def _group_size(fn, qualified, shape, scope, n_keep, m_group) -> int:
 
 
 @torch.no_grad()
-def refresh_global_(model: torch.nn.Module) -> None:
-    """Re-allocates the global-scope budget: one magnitude top-k over all global tensors.
+def global_allocation(tensors: list[torch.Tensor], sparsity: float) -> list[int]:
+    """How many of the ``round((1 - sparsity) * total)`` globally largest magnitudes each tensor
+    holds (ties broken by ``torch.topk``). Deterministic: every DDP rank, holding the same
+    weights, computes the same allocation."""
+    sizes = [t.numel() for t in tensors]
+    keep = int(round((1.0 - float(sparsity)) * sum(sizes)))
+    if keep == 0:
+        return [0] * len(tensors)
+    flat = torch.cat([t.detach().abs().reshape(-1).float() for t in tensors])
+    top = flat.topk(keep, sorted=False).indices
+    bounds = torch.tensor(sizes, device=flat.device).cumsum(0)
+    return torch.bincount(torch.bucketize(top, bounds, right=True), minlength=len(tensors)).tolist()
 
-    Every global-scope tensor shares one target sparsity; the total kept count is
-    ``round((1 - s) * total)``, and each tensor's ``k`` is how many of the globally largest
-    magnitudes it holds (ties broken by ``torch.topk``). Deterministic, so every DDP rank
-    (which holds the same weights) computes the same allocation.
-    """
+
+def refresh_global_(model: torch.nn.Module) -> None:
+    """Re-allocates the global-scope budget from the current weights: every global-scope tensor
+    shares one target sparsity, and each tensor's ``k`` becomes its share of the global
+    magnitude top-k (`global_allocation`)."""
     members = [(p, m.parametrizations[n].original) for _, p, m, n in pruned_tensors(model) if p.scope == "global"]
     if not members:
         return
-    sparsity = float(members[0][0].sparsity)
-    sizes = [w.numel() for _, w in members]
-    total = sum(sizes)
-    keep = int(round((1.0 - sparsity) * total))
-    flat = torch.cat([w.detach().abs().reshape(-1).float() for _, w in members])
-    bounds = torch.tensor(sizes, device=flat.device).cumsum(0)
-    if keep == 0:
-        counts = torch.zeros(len(members), dtype=torch.int64)
-    else:
-        top = flat.topk(keep, sorted=False).indices
-        counts = torch.bincount(torch.bucketize(top, bounds, right=True), minlength=len(members)).cpu()
-    for (p, _), k in zip(members, counts.tolist()):
+    counts = global_allocation([w for _, w in members], float(members[0][0].sparsity))
+    for (p, _), k in zip(members, counts):
         p.set_k(k)  # p.sparsity stays the shared target; this tensor's own share is 1 - k/numel
 
 

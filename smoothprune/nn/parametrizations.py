@@ -67,6 +67,8 @@ class TopKMagParametrization(torch.nn.Module):
         self.register_buffer("group", torch.tensor(self.group_size, dtype=torch.int64))
         self.register_buffer("sparsity", torch.tensor(float(sparsity), dtype=torch.float64))
         self.register_buffer("lam", torch.tensor(float(lam), dtype=torch.float64))
+        # 1 when k is this tensor's share of a budget shared across tensors ("global" scope)
+        self.register_buffer("shared", torch.tensor(int(scope == "global"), dtype=torch.int64))
 
     # -- in-place updates (no new tensors: compiled graphs and optimizers stay valid) -----------
     @torch.no_grad()

@@ -195,3 +195,20 @@ def test_fsdp_is_refused_at_setup_with_a_clear_error():
     cb = SmoothPruning(0.5)
     with pytest.raises(RuntimeError, match="SmoothPruning: the FSDPStrategy strategy shards parameters"):
         cb.setup(SimpleNamespace(strategy=FSDPStrategy(), is_global_zero=True), torch.nn.Linear(4, 4), "fit")
+
+
+def test_cli_exports_a_real_lightning_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    L = lightning.pytorch
+    model, _ = _fit(L, tmp_path, max_epochs=2, seed=0, save=True)  # parametrized, mid-schedule
+    out = tmp_path / "model.safetensors"
+    run = subprocess.run([sys.executable, "-m", "smoothprune", "export", str(tmp_path / "last.ckpt"), "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    fresh = make_module_class(L)()
+    fresh.load_state_dict(sp.load_sparse(out), strict=True)
+    sp.harden_(model)
+    hardened = model.state_dict()
+    assert all(torch.equal(v, hardened[k]) for k, v in fresh.state_dict().items())
