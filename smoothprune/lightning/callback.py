@@ -145,6 +145,7 @@ class SmoothPruningImpl:
             _enable_console_log()
         self.current_sparsity = self.sparsity_schedule.at(0)
         self.current_lam = self.lam_schedule.at(0)
+        self._hardened = False  # set when training ended and the model was hardened
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage=None) -> None:
@@ -154,8 +155,8 @@ class SmoothPruningImpl:
                 f"SmoothPruning: the {strategy} strategy shards parameters, and smoothprune needs each "
                 "pruned tensor whole on every rank; use DDP (or a single device)"
             )
-        if pruned_tensors(pl_module):
-            return  # already pruned (by the user, or by an earlier stage of this trainer)
+        if pruned_tensors(pl_module) or self._hardened:
+            return  # already pruned (by the user or an earlier stage), or hardened after fit
         # N:M scopes register at their final pattern; a schedule may ramp toward it
         prune_(pl_module, None if self._nm else self.current_sparsity, lam=self.current_lam, p=self.p,
                method=self.method, targets=self.parameters_to_prune, exclude=self.exclude, scope=self.scope,
@@ -194,6 +195,7 @@ class SmoothPruningImpl:
     def on_train_end(self, trainer, pl_module) -> None:
         if self.make_pruning_permanent and pruned_tensors(pl_module):
             harden_(pl_module)
+            self._hardened = True
             if self.verbose and trainer.is_global_zero:
                 from smoothprune.pruning import sparsity_report
 

@@ -57,6 +57,10 @@ def test_one_line_adds_pruning_to_an_existing_training(flavour, scope, tmp_path)
     assert float(metrics["pruning/lam"]) == pytest.approx(1e-2)
     assert float(metrics["pruning/hardened_sparsity"]) == pytest.approx(final, abs=0.01)
     assert "pruning/smooth_hard_distance" in metrics and "pruning/sparsity/head.weight" in metrics
+    # evaluating afterwards with the same trainer leaves the hardened model alone
+    predictions = torch.cat(trainer.predict(model, loader()))
+    assert predictions.shape == (512,)
+    assert not pruned_tensors(model)
 
 
 def test_schedules_drive_the_buffers_step_by_step():

@@ -33,6 +33,9 @@ def make_module_class(L):
             self.log("train_loss", loss)
             return loss
 
+        def predict_step(self, batch, batch_idx):
+            return self(batch[0]).argmax(1)
+
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
