@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -54,9 +55,7 @@ def _inspect(args) -> int:
     rows = [("tensor", "shape", "dtype", "encoding", "nnz", "sparsity")]
     total = zeros = 0
     for name, e in entries.items():
-        numel = 1
-        for s in e["shape"]:
-            numel *= s
+        numel = math.prod(e["shape"])
         total += numel
         zeros += numel - e["nnz"]
         rows.append((name, "×".join(map(str, e["shape"])) or "scalar", e["dtype"], e["encoding"], str(e["nnz"]),

@@ -25,7 +25,7 @@ import tempfile
 
 import torch
 
-from smoothprune.ops.hard_topk import hard_topk_mag
+from smoothprune.nn.parametrizations import hard_topk_groups
 from smoothprune.pruning import global_allocation
 
 FORMAT_VERSION = 1
@@ -36,10 +36,6 @@ _PARAM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+
 # ------------------------------------------------------------------------------------------------
 # from a model or a (possibly parametrized) state_dict to the hardened state_dict
 # ------------------------------------------------------------------------------------------------
-def _hard_topk_groups(original: torch.Tensor, group: int, k: int) -> torch.Tensor:
-    return hard_topk_mag(original.reshape(-1, group), k).reshape(original.shape)
-
-
 def hardened_state_dict(state_dict: dict) -> dict:
     """Un-parametrizes a state_dict saved from a model pruned by smoothprune.
 
@@ -75,7 +71,7 @@ def hardened_state_dict(state_dict: dict) -> dict:
         sparsity = float(state_dict[pruned[shared[0]][1] + "sparsity"])
         ks |= dict(zip(shared, global_allocation([pruned[key][0] for key in shared], sparsity)))
     for key, (original, base) in pruned.items():
-        out[key] = _hard_topk_groups(original, int(state_dict[base + "group"]), ks[key])
+        out[key] = hard_topk_groups(original, int(state_dict[base + "group"]), ks[key])
     return out
 
 

@@ -25,7 +25,8 @@ import re
 import torch
 from torch.nn.utils import parametrize
 
-from smoothprune.nn.parametrizations import PARAMETRIZATIONS, METHODS, TopKMagParametrization
+from smoothprune.nn.parametrizations import METHODS, PARAMETRIZATIONS, TopKMagParametrization
+from smoothprune.ops._checks import ALGORITHMS
 
 SCOPES = ("layer", "global", "row", "nm")
 PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -59,6 +60,11 @@ def check_positive(fn: str, name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
         raise ValueError(f"{fn}: expected {name} to be a finite float > 0, got {value!r}")
     return float(value)
+
+
+def check_algorithm_name(fn: str, algorithm) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{fn}: expected algorithm in {ALGORITHMS}, got {algorithm!r}")
 
 
 def check_method(fn: str, method) -> str:
@@ -210,8 +216,7 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
         raise ValueError(f"{fn}: expected p to be a finite float > 1, got {p!r}")
     method = check_method(fn, method)
-    if algorithm not in ("auto", "pav", "dykstra"):
-        raise ValueError(f"{fn}: expected algorithm in ('auto', 'pav', 'dykstra'), got {algorithm!r}")
+    check_algorithm_name(fn, algorithm)
 
     chosen = resolve_targets(fn, model, targets, exclude)
     if not chosen:
@@ -341,6 +346,8 @@ class TensorSparsity:
     target: float | None  # the target sparsity of a pruned tensor
     scope: str | None
     method: str | None
+    diff_sq: float = 0.0  # ||W - hard(W')||^2 of a pruned tensor (0 for an unpruned one)
+    hard_sq: float = 0.0  # ||hard(W')||^2
 
     @property
     def sparsity(self) -> float:
@@ -368,6 +375,11 @@ class SparsityReport:
     def hard_total(self) -> float:
         """The same after hardening."""
         return sum(t.hard_zeros for t in self.tensors) / max(self.numel, 1)
+
+    @property
+    def distance(self) -> float:
+        """How far the weights used now are from their hardened version: ||W - hard|| / ||hard||."""
+        return (sum(t.diff_sq for t in self.tensors) / max(sum(t.hard_sq for t in self.tensors), 1e-30)) ** 0.5
 
     def as_dict(self) -> dict[str, float]:
         return {t.name: t.sparsity for t in self.tensors} | {"total": self.total}
@@ -404,7 +416,9 @@ def sparsity_report(model: torch.nn.Module, targets=None) -> SparsityReport:
             current = getattr(module, name)
             hard = hardened_weight(p, original)
             rows.append(TensorSparsity(qualified, tuple(current.shape), current.numel(), int((current == 0).sum()),
-                                       int((hard == 0).sum()), float(p.sparsity), p.scope, p.method))
+                                       int((hard == 0).sum()), float(p.sparsity), p.scope, p.method,
+                                       float((current.float() - hard.float()).square().sum()),
+                                       float(hard.float().square().sum())))
     else:
         for qualified, module, name in resolve_targets("sparsity_report", model, targets):
             t = getattr(module, name)

@@ -27,20 +27,19 @@ import logging
 import numbers
 import os
 
-import torch
-
 from smoothprune import schedules
 from smoothprune.export import save_sparse
 from smoothprune.nn.parametrizations import METHODS
 from smoothprune.pruning import (
+    check_algorithm_name,
     harden_,
-    hardened_weight,
     parse_scope,
     prune_,
     pruned_tensors,
     refresh_global_,
     set_lam_,
     set_sparsity_,
+    sparsity_report,
 )
 
 log = logging.getLogger("smoothprune.lightning")
@@ -130,8 +129,7 @@ class SmoothPruningImpl:
             raise ValueError(f"SmoothPruning: expected export_path to be a file path, got the directory {export_path!r}")
         if verbose not in (0, 1, 2):
             raise ValueError(f"SmoothPruning: expected verbose in (0, 1, 2), got verbose={verbose!r}")
-        if algorithm not in ("auto", "pav", "dykstra"):
-            raise ValueError(f"SmoothPruning: expected algorithm in ('auto', 'pav', 'dykstra'), got {algorithm!r}")
+        check_algorithm_name("SmoothPruning", algorithm)
         if algorithm == "dykstra" and p != 2:
             raise ValueError(f"SmoothPruning: algorithm='dykstra' supports p=2 only, got p={p!r}")
         if isinstance(parameters_to_prune, (list, tuple)) and len(parameters_to_prune) == 0:
@@ -183,22 +181,20 @@ class SmoothPruningImpl:
             self._log_hardened(pl_module, on_step=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        stats = self._log_hardened(pl_module, on_step=False)
-        if self.verbose and trainer.is_global_zero and stats:
+        report = self._log_hardened(pl_module, on_step=False)
+        if self.verbose and trainer.is_global_zero and report:
             log.info("SmoothPruning: epoch %d, target sparsity %.4f, lam %.3g, hardened sparsity %.4f, "
                      "smooth-hard distance %.3g", trainer.current_epoch, self.current_sparsity, self.current_lam,
-                     stats["total"], stats["distance"])
+                     report.hard_total, report.distance)
             if self.verbose > 1:
-                for name, value in stats["tensors"].items():
-                    log.info("SmoothPruning:   %s hardened sparsity %.4f", name, value)
+                for t in report.tensors:
+                    log.info("SmoothPruning:   %s hardened sparsity %.4f", t.name, t.hard_sparsity)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.make_pruning_permanent and pruned_tensors(pl_module):
             harden_(pl_module)
             self._hardened = True
             if self.verbose and trainer.is_global_zero:
-                from smoothprune.pruning import sparsity_report
-
                 log.info("SmoothPruning: hardened the model\n%s", sparsity_report(pl_module))
         if self.export_path is not None:
             if trainer.is_global_zero:
@@ -242,27 +238,13 @@ class SmoothPruningImpl:
             set_lam_(pl_module, lam)
         self.current_sparsity, self.current_lam = sparsity, lam
 
-    @torch.no_grad()
-    def _log_hardened(self, pl_module, on_step: bool) -> dict | None:
-        pruned = pruned_tensors(pl_module)
-        if not pruned:
-            return None
-        zeros = numel = 0
-        diff2 = hard2 = 0.0
-        per_tensor = {}
-        for name, p, module, attr in pruned:
-            original = module.parametrizations[attr].original
-            hard = hardened_weight(p, original)
-            smooth = getattr(module, attr)
-            z = int((hard == 0).sum())
-            zeros, numel = zeros + z, numel + hard.numel()
-            diff2 += float((smooth.float() - hard.float()).square().sum())
-            hard2 += float(hard.float().square().sum())
-            per_tensor[name] = z / max(hard.numel(), 1)
-        stats = {"total": zeros / max(numel, 1), "distance": (diff2 / max(hard2, 1e-30)) ** 0.5, "tensors": per_tensor}
+    def _log_hardened(self, pl_module, on_step: bool):
+        report = sparsity_report(pl_module)
+        if not report.tensors or report.tensors[0].method is None:
+            return None  # nothing pruned (any more)
         kw = dict(on_step=on_step, on_epoch=not on_step)
-        pl_module.log("pruning/hardened_sparsity", stats["total"], **kw)
-        pl_module.log("pruning/smooth_hard_distance", stats["distance"], **kw)
-        for name, value in per_tensor.items():
-            pl_module.log(f"pruning/sparsity/{name}", value, **kw)
-        return stats
+        pl_module.log("pruning/hardened_sparsity", report.hard_total, **kw)
+        pl_module.log("pruning/smooth_hard_distance", report.distance, **kw)
+        for t in report.tensors:
+            pl_module.log(f"pruning/sparsity/{t.name}", t.hard_sparsity, **kw)
+        return report

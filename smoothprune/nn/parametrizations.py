@@ -24,6 +24,11 @@ from smoothprune.ops.soft_topk import soft_topk_mag
 METHODS = ("smooth", "hard", "ste")
 
 
+def hard_topk_groups(w: torch.Tensor, group_size: int, k) -> torch.Tensor:
+    """``hard_topk_mag`` of each group of ``group_size`` consecutive entries of ``w``."""
+    return hard_topk_mag(w.reshape(-1, group_size), k).reshape(w.shape)
+
+
 def kept_per_group(sparsity: float, group_size: int) -> int:
     """Entries kept in a group of ``group_size`` at ``sparsity``: ``round((1 - s) * group_size)``."""
     return int(round((1.0 - float(sparsity)) * group_size))
@@ -91,16 +96,13 @@ class TopKMagParametrization(torch.nn.Module):
         # 0-d tensor, so that new values of k never recompile.
         return self.k if torch.compiler.is_compiling() else int(self.k)
 
-    def _grouped(self, w: torch.Tensor) -> torch.Tensor:
-        return w.reshape(-1, self.group_size)
-
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
-        y = soft_topk_mag(self._grouped(w), self._k(), lam=self.lam, p=self.p,
+        y = soft_topk_mag(w.reshape(-1, self.group_size), self._k(), lam=self.lam, p=self.p,
                           algorithm=self.algorithm, num_iter=self.num_iter, debias=self.debias)
         return y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
-        return hard_topk_mag(self._grouped(w), self._k()).reshape(w.shape)
+        return hard_topk_groups(w, self.group_size, self._k())
 
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "

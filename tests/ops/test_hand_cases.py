@@ -1,6 +1,5 @@
 """Hand-computed cases, limits, special inputs and argument errors."""
 
-import numpy as np
 import pytest
 import torch
 
