@@ -32,7 +32,11 @@ def _extension():
             "smoothprune._C",
             sources + cuda_sources,
             define_macros=[("SMOOTHPRUNE_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
+            extra_compile_args={
+                "cxx": cxx_flags,
+                # relaxed constexpr: pav.h's std::min/std::max run on the device too
+                "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"],
+            },
         )
     return CppExtension("smoothprune._C", sources, extra_compile_args={"cxx": cxx_flags})
 

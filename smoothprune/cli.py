@@ -2,6 +2,7 @@
 
     smoothprune export CKPT -o FILE   # Lightning checkpoint -> compact sparse safetensors file
     smoothprune inspect FILE          # per-tensor table of a sparse file
+    smoothprune bench [ops|step|all]  # side-by-side benchmarks (see smoothprune.bench)
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("inspect", help="per-tensor table of a sparse safetensors file")
     p.add_argument("file")
     p.set_defaults(run=_inspect)
+    p = sub.add_parser("bench", help="benchmark the operators and a pruned training step against baselines")
+    from smoothprune import bench
+
+    bench.add_arguments(p)
+    p.set_defaults(run=bench.run)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -12,12 +12,22 @@
 // PAV therefore produces at most one pooled block [a, b) with a < k < b, grown outwards from the
 // junction; every other element is a singleton whose output is known in closed form
 // (mask: 1 above, 0 below; magnitude: the kept value above, 0 below).
+//
+// Everything below TopkParams::make is host and device code: the CUDA kernels
+// (csrc/cuda/soft_topk_cuda.cu) solve each row with the very same functions. Rows may be stored
+// as float or double (template S); all arithmetic is float64.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+
+#ifdef __CUDACC__
+#define SP_HD __host__ __device__
+#else
+#define SP_HD
+#endif
 
 namespace smoothprune {
 
@@ -37,10 +47,10 @@ struct TopkParams {
     P.lam = lam;
     P.p = p;
     P.q = p / (p - 1.0);
-    P.lam_q1 = std::pow(lam, P.q - 1.0);
-    if (std::abs(p - 2.0) < 1e-12) {
+    P.lam_q1 = ::pow(lam, P.q - 1.0);
+    if (::fabs(p - 2.0) < 1e-12) {
       P.kind = PKind::kTwo;
-    } else if (std::abs(p - 4.0 / 3.0) < 1e-12) {
+    } else if (::fabs(p - 4.0 / 3.0) < 1e-12) {
       P.kind = PKind::kFourThirds;
     } else {
       P.kind = PKind::kGeneral;
@@ -58,12 +68,12 @@ struct BoundaryBlock {
   double gamma;
 };
 
-inline double signed_pow(double z, double e) {
-  return z >= 0 ? std::pow(z, e) : -std::pow(-z, e);
+SP_HD inline double signed_pow(double z, double e) {
+  return z >= 0 ? ::pow(z, e) : -::pow(-z, e);
 }
 
 // Output-side map y = psi(z) = sign(z) (|z| / lam)^(q-1).
-inline double psi(double z, const TopkParams& P) {
+SP_HD inline double psi(double z, const TopkParams& P) {
   switch (P.kind) {
     case PKind::kTwo:
       return z / P.lam;
@@ -79,13 +89,13 @@ inline double psi(double z, const TopkParams& P) {
 // Real root of u^3 + P u + Q = 0 with P >= 0 (the only real root). Rescaled so that no power
 // overflows, and written as -Q / (A^2 + P/3 + B^2) (= A - B of Cardano's formula, without the
 // cancellation when |Q| << P^(3/2)).
-inline double depressed_cubic_root(double Pc, double Qc) {
-  const double scale = std::max(std::sqrt(Pc), std::cbrt(std::abs(Qc)));
+SP_HD inline double depressed_cubic_root(double Pc, double Qc) {
+  const double scale = std::max(::sqrt(Pc), ::cbrt(::fabs(Qc)));
   if (!(scale > 0)) return 0.0;
   const double P = Pc / (scale * scale);
   const double Q = Qc / (scale * scale * scale);
-  const double D = std::sqrt(0.25 * Q * Q + P * P * P / 27.0);
-  const double A = std::cbrt(0.5 * std::abs(Q) + D);
+  const double D = ::sqrt(0.25 * Q * Q + P * P * P / 27.0);
+  const double A = ::cbrt(0.5 * ::fabs(Q) + D);
   const double B = P / (3.0 * A);
   return scale * (-Q / (A * A + P / 3.0 + B * B));
 }
@@ -94,8 +104,8 @@ inline double depressed_cubic_root(double Pc, double Qc) {
 // `f(x, &df)` returns f(x) and stores f'(x). Falls back to bisection whenever the Newton step
 // leaves the bracket or the derivative is not usable.
 template <typename F>
-double solve_decreasing(F&& f, double lo, double hi, double x) {
-  constexpr double kEps = std::numeric_limits<double>::epsilon();
+SP_HD double solve_decreasing(F&& f, double lo, double hi, double x) {
+  constexpr double kEps = 2.220446049250313e-16;  // float64 machine epsilon
   if (!(x >= lo && x <= hi)) x = 0.5 * (lo + hi);
   for (int it = 0; it < 300; ++it) {
     double df = 0.0;
@@ -103,17 +113,17 @@ double solve_decreasing(F&& f, double lo, double hi, double x) {
     if (fx == 0.0) return x;
     if (fx > 0) lo = x; else hi = x;
     // A zero, infinite or NaN derivative gives no usable Newton step: bisect instead.
-    double next = (std::isfinite(df) && df < 0) ? x - fx / df : 0.5 * (lo + hi);
+    double next = ((df - df == 0.0) && df < 0) ? x - fx / df : 0.5 * (lo + hi);
     if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-    const double tol = 2.0 * kEps * std::max(std::abs(next), std::abs(x)) + 1e-300;
-    if (std::abs(next - x) <= tol || hi - lo <= tol) return next;
+    const double tol = 2.0 * kEps * std::max(::fabs(next), ::fabs(x)) + 1e-300;
+    if (::fabs(next - x) <= tol || hi - lo <= tol) return next;
     x = next;
   }
   return x;
 }
 
 // Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.
-inline double kept_value(double s, const TopkParams& P, double* z_out) {
+SP_HD inline double kept_value(double s, const TopkParams& P, double* z_out) {
   double v;
   if (s <= 0) {
     v = 0.0;
@@ -128,24 +138,25 @@ inline double kept_value(double s, const TopkParams& P, double* z_out) {
   } else {
     const double pm1 = P.p - 1.0;
     auto f = [&](double v_, double* df) {
-      const double pw = std::pow(v_, pm1);
-      *df = -1.0 - P.lam * pm1 * (v_ > 0 ? pw / v_ : std::numeric_limits<double>::infinity());
+      const double pw = ::pow(v_, pm1);
+      *df = -1.0 - P.lam * pm1 * (v_ > 0 ? pw / v_ : INFINITY);
       return s - v_ - P.lam * pw;
     };
-    v = solve_decreasing(f, 0.0, s, s / (1.0 + P.lam * std::pow(s, P.p - 2.0)));
+    v = solve_decreasing(f, 0.0, s, s / (1.0 + P.lam * ::pow(s, P.p - 2.0)));
   }
   if (z_out) *z_out = s - v;
   return v;
 }
 
 // Singleton value val_i of sorted position i.
-inline double singleton_value(double s, bool kept, const TopkParams& P) {
+SP_HD inline double singleton_value(double s, bool kept, const TopkParams& P) {
   if (!kept) return s;
   return P.magnitude ? kept_value(s, P, nullptr) : s - P.lam;
 }
 
 // Exact value of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts).
-inline double block_value(const double* s, int64_t a, int64_t b, int64_t k, const TopkParams& P) {
+template <typename S>
+SP_HD inline double block_value(const S* s, int64_t a, int64_t b, int64_t k, const TopkParams& P) {
   const double m = static_cast<double>(b - a);
   const double W = static_cast<double>(std::min(b, k) - a);
   if (P.kind == PKind::kTwo) {
@@ -161,9 +172,9 @@ inline double block_value(const double* s, int64_t a, int64_t b, int64_t k, cons
         f += z * z * z;
         d += 3.0 * z * z;
       } else {
-        const double az = std::abs(z);
+        const double az = ::fabs(z);
         f += signed_pow(z, P.q - 1.0);
-        d += (P.q - 1.0) * (az > 0 ? std::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
+        d += (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
       }
     }
     f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
@@ -172,8 +183,8 @@ inline double block_value(const double* s, int64_t a, int64_t b, int64_t k, cons
   };
   double smax = s[a], smin = s[a];
   for (int64_t i = a; i < b; ++i) {
-    smax = std::max(smax, s[i]);
-    smin = std::min(smin, s[i]);
+    smax = std::max(smax, static_cast<double>(s[i]));
+    smin = std::min(smin, static_cast<double>(s[i]));
   }
   const double lo = P.magnitude ? 0.0 : smin - P.lam;
   const double hi = smax;
@@ -200,7 +211,8 @@ inline double block_value(const double* s, int64_t a, int64_t b, int64_t k, cons
 
 // Grows the boundary block outwards from the junction with O(1) updates (p = 2 and p = 4/3):
 // running sums shifted by a reference near the junction keep the merge decisions accurate.
-inline void grow_block_closed_form(const double* s, int64_t n, int64_t k, const TopkParams& P,
+template <typename S>
+SP_HD inline void grow_block_closed_form(const S* s, int64_t n, int64_t k, const TopkParams& P,
                                    int64_t* a_out, int64_t* b_out) {
   const double c = s[k - 1];
   double m = 0, W = 0, S1 = 0, S2 = 0, S3 = 0;
@@ -248,13 +260,29 @@ inline void grow_block_closed_form(const double* s, int64_t n, int64_t k, const 
 // F_i the singleton block equation. Membership for a given g is read off by binary search:
 // i < k joins iff val_i < g  <=>  s_i < g + lam g^(p-1) (magnitude) or g + lam (mask);
 // i >= k joins iff s_i > g. Cost: O(block) per evaluation instead of O(block) per merge.
-inline void find_block_general(const double* s, int64_t n, int64_t k, const TopkParams& P,
+// First i in [lo, hi) of the descending row s with s_i < t (or s_i <= t when or_equal).
+template <typename S>
+SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, bool or_equal) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    const double v = s[mid];
+    if (v < t || (or_equal && v == t)) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+template <typename S>
+SP_HD inline void find_block_general(const S* s, int64_t n, int64_t k, const TopkParams& P,
                                int64_t* a_out, int64_t* b_out) {
   auto membership = [&](double g, int64_t* a, int64_t* b) {
-    const double th = P.magnitude ? g + P.lam * std::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
+    const double th = P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
     // s is descending: first i in [0, k) with s_i < th, and first i in [k, n) with s_i <= g.
-    *a = std::upper_bound(s, s + k, th, [](double t, double v) { return v < t; }) - s;
-    *b = std::upper_bound(s + k, s + n, g, [](double t, double v) { return v <= t; }) - s;
+    *a = first_below(s, 0, k, th, false);
+    *b = first_below(s, k, n, g, true);
   };
   auto phi = [&](double g, double* df) {
     int64_t a, b;
@@ -262,9 +290,9 @@ inline void find_block_general(const double* s, int64_t n, int64_t k, const Topk
     double f = 0.0, d = 0.0;
     for (int64_t i = a; i < b; ++i) {
       const double z = s[i] - g;
-      const double az = std::abs(z);
+      const double az = ::fabs(z);
       f += signed_pow(z, P.q - 1.0);
-      d += (P.q - 1.0) * (az > 0 ? std::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
+      d += (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
     }
     const double W = static_cast<double>(k - a);
     f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
@@ -281,8 +309,9 @@ inline void find_block_general(const double* s, int64_t n, int64_t k, const Topk
 }
 
 // Solves one sorted row: the boundary block and its value (a == b == k when nothing pools).
-inline BoundaryBlock solve_sorted_row(const double* s, int64_t n, int64_t k, const TopkParams& P) {
-  BoundaryBlock blk{k, k, std::numeric_limits<double>::quiet_NaN()};
+template <typename S>
+SP_HD inline BoundaryBlock solve_sorted_row(const S* s, int64_t n, int64_t k, const TopkParams& P) {
+  BoundaryBlock blk{k, k, NAN};
   if (k <= 0 || k >= n) return blk;
   // Strict violation only: ties between singletons are not pooled.
   if (!(singleton_value(s[k - 1], true, P) < s[k])) return blk;

@@ -91,18 +91,30 @@ class TopKMagParametrization(torch.nn.Module):
         self.lam.fill_(float(lam))
 
     # -- computation ---------------------------------------------------------------------------
-    def _k(self):
-        # Eager: a Python int (the buffer lives on the CPU side of the op anyway). Compiled: the
-        # 0-d tensor, so that new values of k never recompile.
-        return self.k if torch.compiler.is_compiling() else int(self.k)
+    def _scalars(self):
+        """(k, lam) as the operators take them.
+
+        Compiled: the 0-d buffers themselves, so that new values never recompile. Eager: k as a
+        Python int and lam as a CPU tensor, read from the buffers only when they change (their
+        version counter moves on every in-place update, load_state_dict included): reading a
+        GPU buffer is a device synchronisation, which every step would otherwise pay per tensor.
+        """
+        if torch.compiler.is_compiling() or self.k.device.type not in ("cpu", "cuda"):
+            return self.k, self.lam  # (XLA: the device buffers, read inside the graph)
+        key = (self.k.data_ptr(), self.k._version, self.lam.data_ptr(), self.lam._version)
+        if getattr(self, "_host_key", None) != key:
+            self._host_scalars = (int(self.k), self.lam.detach().to("cpu", copy=True))
+            self._host_key = key
+        return self._host_scalars
 
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
-        y = soft_topk_mag(w.reshape(-1, self.group_size), self._k(), lam=self.lam, p=self.p,
+        k, lam = self._scalars()
+        y = soft_topk_mag(w.reshape(-1, self.group_size), k, lam=lam, p=self.p,
                           algorithm=self.algorithm, num_iter=self.num_iter, debias=self.debias)
         return y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
-        return hard_topk_groups(w, self.group_size, self._k())
+        return hard_topk_groups(w, self.group_size, self._scalars()[0])
 
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "

@@ -214,3 +214,20 @@ def test_compiled_parametrized_model_matches_eager_without_recompiling(method):
         out_c, _ = grads(compiled)
         assert torch.allclose(out_c, out_eager, atol=1e-5)
     assert counter.frame_count == frames  # new sparsity and lam: no recompilation
+
+
+def test_any_in_place_change_of_k_or_lam_reaches_the_operator():
+    # eager forward reads k and lam from host-side copies refreshed on every buffer change
+    torch.manual_seed(0)
+    param = SoftTopKMag((4, 50), group_size=50, sparsity=0.5, lam=1e-2, p=2.0, scope="row")
+    w = torch.randn(4, 50)
+    assert int((param(w) != 0).sum(dim=1).max()) <= 25 + 1
+    param.k.fill_(10)  # a raw in-place write, not through set_sparsity
+    assert torch.equal(param(w), sp.soft_topk_mag(w, 10, lam=1e-2, p=2.0))
+    state = {name: buf.clone() for name, buf in param.state_dict().items()}
+    state["k"].fill_(40)
+    state["lam"].fill_(0.5)
+    param.load_state_dict(state)
+    assert torch.equal(param(w), sp.soft_topk_mag(w, 40, lam=0.5, p=2.0))
+    param.lam.copy_(torch.tensor(1e-3, dtype=torch.float64))
+    assert torch.equal(param(w), sp.soft_topk_mag(w, 40, lam=1e-3, p=2.0))

@@ -1,0 +1,325 @@
+"""Side-by-side benchmarks of the smooth top-k operators and of a smoothly pruned training step.
+
+    smoothprune bench ops  [--device cpu|cuda] [--repeats 20] [--threads N] [--quick]
+    smoothprune bench step [--device cpu|cuda] [--repeats 15]
+
+(also `python benchmarks/bench_ops.py` and `python benchmarks/bench_pruning_step.py`).
+
+Method: one process, one run. Every method is timed once per repeat, in turn, so machine noise
+hits all of them alike; a timed call shorter than 2 ms is repeated inside the timing until 2 ms
+have passed (CUDA: synchronized before and after). Tables report medians and ratios to the
+baselines measured in the same run. Inputs ~ N(0, 0.05²) (weights at pruning scale), float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+import smoothprune as sp
+from smoothprune.ops.dykstra import dykstra_soft_topk
+
+LAM = 1e-3
+VIT_TINY_LINEAR = 12 * (192 * 576 + 192 * 192 + 192 * 768 + 768 * 192)  # 5,308,416 weights
+
+
+@dataclass(frozen=True)
+class Shape:
+    rows: int
+    n: int
+    k: int
+    label: str = ""
+
+    def __str__(self):
+        return self.label or f"{self.rows}×{self.n:,} (k={self.k:,})"
+
+
+SHAPES = [
+    Shape(1, 25_088, 2_509),
+    Shape(1, 4_096, 410),
+    Shape(32, 400, 28),
+    Shape(512, 100, 3),
+    Shape(256, 1_024, 102),
+    Shape(1, 2_359_296, 235_930),
+    Shape(1, VIT_TINY_LINEAR, VIT_TINY_LINEAR // 10, f"global: ViT-Tiny Linear, 1×{VIT_TINY_LINEAR:,} (k=10%)"),
+]
+QUICK_SHAPES = SHAPES[:5]
+
+
+def _timer(device: torch.device, min_seconds: float = 2e-3):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def time_call(fn) -> float:
+        calls = 0
+        sync()
+        start = time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                return elapsed / calls
+
+    return time_call
+
+
+def _full_sort_pav(x, k, p):
+    # our own PAV on whole sorted rows (the selection shortcut switched off)
+    k_t, lam_t = torch.tensor(k), torch.tensor(LAM, dtype=torch.float64)
+    return torch.ops.smoothprune.soft_topk_forward(x, k_t, lam_t, p, True, True, True)[0]
+
+
+def _operators(k: int):
+    """name -> (x -> output); every output is differentiable in x except the sort indices."""
+    ops = {
+        "hard_topk_mag": lambda t: sp.hard_topk_mag(t, k),
+        "torch.topk": lambda t: torch.topk(t.abs(), k, sorted=False).values,
+        "torch.sort": lambda t: torch.sort(t, dim=-1, descending=True).values,
+        "mag p=2": lambda t: sp.soft_topk_mag(t, k, lam=LAM, p=2),
+        "mag p=4/3": lambda t: sp.soft_topk_mag(t, k, lam=LAM, p=4 / 3),
+        "mask p=2": lambda t: sp.soft_topk_mask(t, k, lam=LAM, p=2),
+        "mask p=4/3": lambda t: sp.soft_topk_mask(t, k, lam=LAM, p=4 / 3),
+        "full-sort PAV mag p=2": lambda t: _full_sort_pav(t, k, 2.0),
+        "Dykstra mag 10 it.": lambda t: dykstra_soft_topk(t, k, LAM, True, True, 10),
+        "Dykstra mag 100 it.": lambda t: dykstra_soft_topk(t, k, LAM, True, True, 100),
+    }
+    try:  # torchsort (PAV-based soft sort, Blondel et al. 2020) when installed
+        import torchsort
+
+        ops["torchsort soft_sort"] = lambda t: torchsort.soft_sort(t, regularization_strength=LAM)
+    except ImportError:
+        pass
+    return ops
+
+
+def bench_ops(shapes, device: torch.device, repeats: int, skip_slow_on_long_rows: bool = True):
+    """Returns {shape: {(mode, method): median seconds}} for mode in ("fwd", "fwd+bwd")."""
+    time_call = _timer(device)
+    results = {}
+    for shape in shapes:
+        gen = torch.Generator().manual_seed(0)
+        x = (0.05 * torch.randn(shape.rows, shape.n, generator=gen)).to(device)
+        grad = torch.randn(shape.rows, shape.n, generator=gen).to(device)
+        xg = x.clone().requires_grad_()
+        ops = _operators(shape.k)
+        if skip_slow_on_long_rows and shape.n > 100_000 and device.type == "cpu":
+            # 100 Dykstra iterations over millions of entries take seconds per call on CPU
+            ops.pop("Dykstra mag 100 it.")
+        calls = {}
+        for name, op in ops.items():
+            calls[("fwd", name)] = lambda op=op: op(x)
+
+            def fwd_bwd(op=op):
+                xg.grad = None
+                op(xg).backward(grad)
+
+            if name != "torch.topk":  # topk's values alone do not reach every entry
+                calls[("fwd+bwd", name)] = fwd_bwd
+        for fn in calls.values():
+            fn()  # warm-up (and CUDA lazy initialisation)
+        timings = {key: [] for key in calls}
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                timings[key].append(time_call(fn))
+        results[shape] = {key: statistics.median(v) for key, v in timings.items()}
+    return results
+
+
+def bench_large_lam(device: torch.device, repeats: int):
+    """Whole-row pooling (lam so large that the window is the whole row) against torch.sort."""
+    time_call = _timer(device)
+    out = {}
+    for shape in (Shape(1, 25_088, 2_509), Shape(256, 1_024, 102)):
+        x = (0.05 * torch.randn(shape.rows, shape.n, generator=torch.Generator().manual_seed(0))).to(device)
+        calls = {
+            "torch.sort": lambda: torch.sort(x, dim=-1, descending=True),
+            "mag p=2, lam=1e3": lambda: sp.soft_topk_mag(x, shape.k, lam=1e3, p=2),
+            "mask p=2, lam=1e3": lambda: sp.soft_topk_mask(x, shape.k, lam=1e3, p=2),
+        }
+        for fn in calls.values():
+            fn()
+        timings = {key: [] for key in calls}
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                timings[key].append(time_call(fn))
+        out[shape] = {key: statistics.median(v) for key, v in timings.items()}
+    return out
+
+
+def _ms(t: float) -> str:
+    return f"{t * 1e3:.3f}" if t < 1 else f"{t * 1e3:,.0f}"
+
+
+def print_ops_tables(results, device: torch.device) -> dict:
+    """Markdown tables; returns the bar checks of the performance issue as {name: bool}."""
+    bars = {}
+    soft = ["mag p=2", "mag p=4/3", "mask p=2", "mask p=4/3"]
+    limit = 2.0 if device.type == "cuda" else 1.5
+    for mode in ("fwd", "fwd+bwd"):
+        names = list(dict.fromkeys(m for shape_res in results.values() for (md, m) in shape_res if md == mode))
+        print(f"\n#### {mode}: median ms (ratio to hard_topk_mag {mode})\n")
+        print("| shape | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for shape, med in results.items():
+            hard = med[(mode, "hard_topk_mag")]
+            cells = []
+            for m in names:
+                t = med.get((mode, m))
+                if t is None:
+                    cells.append("–")
+                    continue
+                cells.append(_ms(t) if m == "hard_topk_mag" else f"{_ms(t)} ({t / hard:.2f}×)")
+            print(f"| {shape} | " + " | ".join(cells) + " |")
+        for shape, med in results.items():
+            hard = med[(mode, "hard_topk_mag")]
+            worst = max(med[(mode, m)] / hard for m in soft)
+            if mode == "fwd":
+                bars[f"fwd within {limit}× of hard_topk_mag, {shape}"] = (worst <= limit, worst)
+            elif device.type == "cpu":
+                bars[f"fwd+bwd within 2.5× of hard fwd+bwd, {shape}"] = (worst <= 2.5, worst)
+            if device.type == "cpu" and mode == "fwd":
+                r = max(med[(mode, f"{kind} p=4/3")] / med[(mode, f"{kind} p=2")] for kind in ("mag", "mask"))
+                bars[f"p=4/3 within 1.3× of p=2, {shape}"] = (r <= 1.3, r)
+    return bars
+
+
+def print_large_lam_table(results) -> dict:
+    bars = {}
+    print("\n#### whole-row pooling (lam = 1e3): median ms (ratio to torch.sort)\n")
+    print("| shape | torch.sort | mag p=2 | mask p=2 |")
+    print("|---|---|---|---|")
+    for shape, med in results.items():
+        sort_t = med["torch.sort"]
+        cells = [_ms(sort_t)] + [f"{_ms(med[m])} ({med[m] / sort_t:.2f}×)" for m in ("mag p=2, lam=1e3", "mask p=2, lam=1e3")]
+        print(f"| {shape} | " + " | ".join(cells) + " |")
+        worst = max(med[m] / sort_t for m in ("mag p=2, lam=1e3", "mask p=2, lam=1e3"))
+        bars[f"whole-row window within 1.3× of torch.sort, {shape}"] = (worst <= 1.3, worst)
+    return bars
+
+
+# ----------------------------------------------------------------------------------------------
+# training step
+# ----------------------------------------------------------------------------------------------
+def _vit(num_classes=100):
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4,
+                             num_classes=num_classes)
+
+
+def _mlp():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
+                               torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+def _step_fn(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def bench_step(make, x, y, repeats: int, p: float, device: torch.device):
+    """Median seconds of an SGD step, unpruned vs every Linear weight smoothly pruned (90%, layer scope)."""
+    time_call = _timer(device, min_seconds=0.0)
+    torch.manual_seed(0)
+    dense = make().to(device)
+    torch.manual_seed(0)
+    pruned = make().to(device)
+    linear_weights = [(m, "weight") for m in pruned.modules() if isinstance(m, torch.nn.Linear)]
+    sp.prune_(pruned, 0.9, lam=LAM, p=p, targets=linear_weights)
+    steps = {"unpruned": _step_fn(dense, x, y), "smooth": _step_fn(pruned, x, y)}
+    for fn in steps.values():
+        fn()
+        fn()
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, fn in steps.items():
+            times[k].append(time_call(fn))
+    n_params = sum(m.weight.numel() for m in dense.modules() if isinstance(m, torch.nn.Linear))
+    return n_params, {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_steps(device: torch.device, repeats: int, batch: int) -> dict:
+    bars = {}
+    print("| model | Linear weights | p | unpruned step (ms) | smooth-pruned step (ms) | ratio |")
+    print("|---|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    x_img = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+    y_img = torch.randint(0, 100, (batch,), generator=g).to(device)
+    x_mnist = torch.randn(128, 1, 28, 28, generator=g).to(device)
+    y_mnist = torch.randint(0, 10, (128,), generator=g).to(device)
+    for p in (2.0, 4 / 3):
+        for name, make, x, y, reps, limit in (
+            ("ViT-Tiny (32×32, patch 4)", _vit, x_img, y_img, repeats, 1.3),
+            ("MLP 784-32-32-10", _mlp, x_mnist, y_mnist, repeats * 4, 1.15),
+        ):
+            n_params, med = bench_step(make, x, y, reps, p, device)
+            ratio = med["smooth"] / med["unpruned"]
+            print(f"| {name} | {n_params:,} | {p:.3g} | {med['unpruned'] * 1e3:.2f} | {med['smooth'] * 1e3:.2f} | "
+                  f"{ratio:.2f}× |")
+            bars[f"training step ≤ {limit}× unpruned, {name}, p={p:.3g}"] = (ratio <= limit, ratio)
+    return bars
+
+
+def _print_bars(bars: dict) -> None:
+    print("\nbars:")
+    for name, (ok, value) in bars.items():
+        print(f"  {'met' if ok else 'NOT met'}  {name}  ({value:.2f}×)")
+
+
+def _header(device: torch.device) -> str:
+    if device.type == "cuda":
+        hw = torch.cuda.get_device_name(device)
+    else:
+        hw = f"CPU, {torch.get_num_threads()} threads"
+    return f"torch {torch.__version__}, smoothprune {sp.__version__} ({sp._native.build_info()}), {hw}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["ops", "step", "all"], nargs="?", default="ops",
+                        help="operators (default), training step, or both")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats per method (default 20)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="operators: only the five short shapes")
+    parser.add_argument("--batch", type=int, default=64, help="step: ViT batch size (default 64)")
+
+
+def run(args) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("smoothprune bench: --device cuda asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"smoothprune bench: expected --device cpu or cuda, got {args.device!r}")
+    if args.repeats < 1:
+        raise SystemExit(f"smoothprune bench: expected --repeats >= 1, got {args.repeats}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(_header(device))
+    bars = {}
+    if args.what in ("ops", "all"):
+        shapes = QUICK_SHAPES if args.quick else SHAPES
+        bars |= print_ops_tables(bench_ops(shapes, device, args.repeats), device)
+        if device.type == "cpu":
+            bars |= print_large_lam_table(bench_large_lam(device, args.repeats))
+    if args.what in ("step", "all"):
+        print()
+        bars |= run_steps(device, args.repeats, args.batch)
+    _print_bars(bars)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="smoothprune bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

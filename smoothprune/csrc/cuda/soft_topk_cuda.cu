@@ -1,0 +1,450 @@
+// CUDA kernels of the sparse smooth top-k forward and its closed-form backward.
+//
+// Same contract as the CPU kernels (soft_topk_cpu.cpp): the ops work on the last dimension of a
+// contiguous tensor viewed as [rows, n], compute in float64 and save
+//   perm   [rows, n]  int32  the row's positions in descending key order;
+//   blocks [rows, 2]  int64  the pooled block [a, b) in sorted positions (a == b: none;
+//                            a == b == -1: the row held a NaN/Inf and its outputs are NaN);
+//   gamma  [rows]     f64    the pooled block's value.
+// The CPU kernel lays perm out as [kept | block | pruned] after a selection; a descending sort is
+// one such layout, and it is all the backward reads.
+//
+// Forward, three steps on the current stream:
+//   1. keys (x, or |x| for the magnitude) sorted per row by torch's segmented sort (bitonic in
+//      shared memory for short rows, radix sort for long ones);
+//   2. rows shorter than kLongRow: one thread per row solves the sorted row with the PAV of pav.h
+//      (the same code as the CPU: the pooled block is grown outwards from the k | k+1 junction,
+//      so its cost is the block's size); longer rows: one CUDA block per row finds the block by
+//      a cooperative root search (solve_long_rows_kernel);
+//   3. every element is settled in parallel: kept singleton, pooled block or pruned.
+// Backward: one CUDA block per row reduces the three block sums, then every element's gradient is
+// written in parallel.
+// Only c10's CUDA headers: ATen/cuda/CUDAContext.h would pull in cuSPARSE/cuBLAS headers, which
+// a CUDA toolkit without those libraries (the CI machines') does not have.
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <tuple>
+
+#include "../checks.h"
+#include "../pav.h"
+
+namespace smoothprune {
+namespace {
+
+constexpr int kThreads = 256;
+// Rows at least this long are solved by a whole CUDA block each (solve_long_rows_kernel).
+constexpr int64_t kLongRow = 2048;
+
+template <typename scalar_t>
+using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+
+__device__ inline double psi_slope_device(double z, const TopkParams& P) {
+  // Same as psi_slope in soft_topk_cpu.cpp (the slope c = (q-1)|z|^(q-2) of psi~).
+  if (P.kind == PKind::kTwo) return 1.0;
+  if (P.kind == PKind::kFourThirds) return 3.0 * z * z;
+  double az = ::fabs(z);
+  if (P.q < 2.0) az = az > 1e-12 * P.lam ? az : 1e-12 * P.lam;
+  return (P.q - 1.0) * ::pow(az, P.q - 2.0);
+}
+
+// Grid-stride launch size for `total` elements.
+inline int blocks_for(int64_t total) {
+  const int64_t wanted = (total + kThreads - 1) / kThreads;
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t cap = static_cast<int64_t>(sms) * 32;
+  return static_cast<int>(std::max<int64_t>(1, std::min(wanted, cap)));
+}
+
+// Step 2: one thread per row. `sorted` holds the keys in descending order.
+template <typename key_t>
+__global__ void solve_rows_kernel(const key_t* __restrict__ sorted, int64_t rows, int64_t n,
+                                  int64_t k, TopkParams P, int64_t* __restrict__ blocks,
+                                  double* __restrict__ gamma) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const key_t* s = sorted + r * n;
+  // Sorted descending (NaN first): the row is finite iff both ends are.
+  const double first = s[0], last = s[n - 1];
+  if (!(first - first == 0.0) || !(last - last == 0.0)) {
+    blocks[2 * r] = blocks[2 * r + 1] = -1;
+    gamma[r] = NAN;
+    return;
+  }
+  const BoundaryBlock blk = solve_sorted_row(s, n, k, P);
+  blocks[2 * r] = blk.a;
+  blocks[2 * r + 1] = blk.b;
+  gamma[r] = blk.a < blk.b ? blk.gamma : 0.0;
+}
+
+// ---- Step 2 for long rows: one CUDA block per row -------------------------------------------
+// Growing the pooled block one element at a time costs its size in sequential steps, which is
+// thousands on rows of millions. Here a CUDA block finds it cooperatively: the block value is the
+// root of the decreasing function Phi(g) of pav.h's find_block_general (membership read off g by
+// binary search, the sum over the members reduced by all threads), found by the same safeguarded
+// Newton/bisection; then the block's exact value is solved over the final membership.
+
+// Sum of a pair over all threads of the block; every thread gets the totals.
+__device__ inline void block_sum2(double* v0, double* v1) {
+  __shared__ double partial[2][kThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  double a = *v0, b = *v1;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    a += __shfl_down_sync(0xffffffffu, a, offset);
+    b += __shfl_down_sync(0xffffffffu, b, offset);
+  }
+  __syncthreads();  // `partial` may still be read from the previous call
+  if (lane == 0) {
+    partial[0][warp] = a;
+    partial[1][warp] = b;
+  }
+  __syncthreads();
+  a = b = 0.0;
+  for (int w = 0; w < kThreads / 32; ++w) {  // every thread sums the few warp partials itself
+    a += partial[0][w];
+    b += partial[1][w];
+  }
+  *v0 = a;
+  *v1 = b;
+}
+
+// Block-cooperative twin of solve_decreasing (pav.h): same steps, `f` evaluated by all threads.
+template <typename F>
+__device__ double block_solve_decreasing(F&& f, double lo, double hi, double x) {
+  constexpr double kEps = 2.220446049250313e-16;
+  if (!(x >= lo && x <= hi)) x = 0.5 * (lo + hi);
+  for (int it = 0; it < 300; ++it) {
+    double df = 0.0;
+    const double fx = f(x, &df);
+    if (fx == 0.0) return x;
+    if (fx > 0) lo = x; else hi = x;
+    double next = (df - df == 0.0 && df < 0) ? x - fx / df : 0.5 * (lo + hi);
+    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
+    const double tol = 2.0 * kEps * std::max(::fabs(next), ::fabs(x)) + 1e-300;
+    if (::fabs(next - x) <= tol || hi - lo <= tol) return next;
+    x = next;
+  }
+  return x;
+}
+
+// psi~(z) = sign(z)|z|^(q-1) and its derivative in z, the summands of the block equation.
+__device__ inline void psi_tilde(double z, const TopkParams& P, double* value, double* slope) {
+  if (P.kind == PKind::kTwo) {
+    *value = z;
+    *slope = 1.0;
+  } else if (P.kind == PKind::kFourThirds) {
+    *value = z * z * z;
+    *slope = 3.0 * z * z;
+  } else {
+    const double az = ::fabs(z);
+    *value = signed_pow(z, P.q - 1.0);
+    *slope = (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
+  }
+}
+
+template <typename key_t>
+__global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
+    const key_t* __restrict__ sorted, int64_t n, int64_t k, TopkParams P, int64_t* __restrict__ blocks,
+    double* __restrict__ gamma) {
+  const int64_t r = blockIdx.x;
+  const key_t* s = sorted + r * n;
+  const double first = s[0], last = s[n - 1];
+  if (!(first - first == 0.0) || !(last - last == 0.0)) {
+    if (threadIdx.x == 0) {
+      blocks[2 * r] = blocks[2 * r + 1] = -1;
+      gamma[r] = NAN;
+    }
+    return;
+  }
+  // Nothing pools: the same tests as solve_sorted_row (uniform across the block).
+  if (k <= 0 || k >= n || !(singleton_value(s[k - 1], true, P) < static_cast<double>(s[k]))) {
+    if (threadIdx.x == 0) {
+      blocks[2 * r] = blocks[2 * r + 1] = k;
+      gamma[r] = 0.0;
+    }
+    return;
+  }
+  auto membership = [&](double g, int64_t* a, int64_t* b) {
+    const double th = P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
+    *a = first_below(s, 0, k, th, false);
+    *b = first_below(s, k, n, g, true);
+  };
+  // Sum over [a, b) of psi~(s_i - g) and its slope, minus the w-terms (a block equation).
+  auto block_equation = [&](int64_t a, int64_t b, double g, double* df) {
+    double f = 0.0, d = 0.0;
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+      double v, c;
+      psi_tilde(static_cast<double>(s[i]) - g, P, &v, &c);
+      f += v;
+      d += c;
+    }
+    block_sum2(&f, &d);
+    const double W = static_cast<double>(std::min(b, k) - a);
+    f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
+    *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
+    return f;
+  };
+  auto phi = [&](double g, double* df) {
+    int64_t a, b;
+    membership(g, &a, &b);
+    return block_equation(a, b, g, df);
+  };
+  const double lo = singleton_value(s[k - 1], true, P);
+  const double hi = s[k];
+  int64_t a, b;
+  membership(block_solve_decreasing(phi, lo, hi, 0.5 * (lo + hi)), &a, &b);
+  a = std::min(a, k - 1);  // keep the block non-degenerate around k, as find_block_general does
+  b = std::max(b, k + 1);
+  // The exact value of the fixed block [a, b), as block_value in pav.h.
+  double g;
+  double smax = s[a], smin = s[b - 1];  // sorted descending
+  const double m = static_cast<double>(b - a), W = static_cast<double>(k - a);
+  if (P.kind == PKind::kTwo) {
+    double sum = 0.0, unused = 0.0;
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) sum += s[i];
+    block_sum2(&sum, &unused);
+    g = P.magnitude ? sum / (m + P.lam * W) : (sum - P.lam * W) / m;
+  } else {
+    double start = 0.5 * ((P.magnitude ? 0.0 : smin - P.lam) + smax);
+    if (P.kind == PKind::kFourThirds) {  // closed form from central moments, then Newton polish
+      double mu = 0.0, unused = 0.0;
+      for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) mu += s[i];
+      block_sum2(&mu, &unused);
+      mu /= m;
+      double M2 = 0.0, M3 = 0.0;
+      for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+        const double d = static_cast<double>(s[i]) - mu;
+        M2 += d * d;
+        M3 += d * d * d;
+      }
+      block_sum2(&M2, &M3);
+      const double l3W = P.lam_q1 * W;
+      const double u = P.magnitude ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * mu - M3) / m)
+                                   : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
+      start = mu + u;
+    }
+    auto fixed = [&](double gg, double* df) { return block_equation(a, b, gg, df); };
+    g = block_solve_decreasing(fixed, P.magnitude ? 0.0 : smin - P.lam, smax, start);
+  }
+  if (threadIdx.x == 0) {
+    blocks[2 * r] = a;
+    blocks[2 * r + 1] = b;
+    gamma[r] = g;
+  }
+}
+
+// Step 3: every sorted position t = r * n + i writes y at its original position and perm.
+template <typename scalar_t, typename key_t>
+__global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t* __restrict__ sorted,
+                                     const int64_t* __restrict__ order, int64_t rows, int64_t n,
+                                     TopkParams P, const int64_t* __restrict__ blocks,
+                                     const double* __restrict__ gamma, scalar_t* __restrict__ y,
+                                     int32_t* __restrict__ perm) {
+  const int64_t total = rows * n;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = t / n, i = t - r * n;
+    const int64_t j = order[t];
+    perm[t] = static_cast<int32_t>(j);
+    const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
+    const int64_t dst = r * n + j;
+    if (a < 0) {
+      y[dst] = static_cast<scalar_t>(NAN);
+    } else if (i < a) {  // kept singleton
+      if (!P.magnitude) {
+        y[dst] = scalar_t(1);
+      } else if (P.debias) {
+        y[dst] = x[dst];  // the de-biased kept value is x itself, exactly
+      } else {
+        const double v = kept_value(static_cast<double>(sorted[t]), P, nullptr);
+        y[dst] = static_cast<scalar_t>(static_cast<double>(x[dst]) < 0 ? -v : v);
+      }
+    } else if (i < b) {  // pooled boundary block
+      const double z = static_cast<double>(sorted[t]) - gamma[r];
+      double out = psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0);
+      if (P.magnitude && out != 0.0 && static_cast<double>(x[dst]) < 0) out = -out;
+      y[dst] = static_cast<scalar_t>(out);
+    } else {
+      y[dst] = scalar_t(0);
+    }
+  }
+}
+
+// Backward step 1: one CUDA block per row reduces D = sum (c_i + d_i), Gc = sum g~_i c_i and
+// G = sum g~_i over the row's pooled block (see backward_rows in soft_topk_cpu.cpp).
+template <typename scalar_t>
+__global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                  const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
+                                  const double* __restrict__ gamma, int64_t n, int64_t k, TopkParams P,
+                                  double* __restrict__ sums) {
+  const int64_t r = blockIdx.x;
+  const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
+  double D = 0.0, Gc = 0.0, G = 0.0;
+  if (a >= 0) {
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+      const int64_t j = r * n + perm[r * n + i];
+      const double xv = static_cast<double>(x[j]);
+      const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;
+      const double gt = static_cast<double>(g[j]) * sg;
+      const double c = psi_slope_device((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
+      D += c + ((P.magnitude && i < k) ? P.lam_q1 : 0.0);
+      Gc += gt * c;
+      G += gt;
+    }
+  }
+  __shared__ double shared[3][kThreads];
+  shared[0][threadIdx.x] = D;
+  shared[1][threadIdx.x] = Gc;
+  shared[2][threadIdx.x] = G;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      for (int c = 0; c < 3; ++c) shared[c][threadIdx.x] += shared[c][threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    for (int c = 0; c < 3; ++c) sums[3 * r + c] = shared[c][0];
+  }
+}
+
+// Backward step 2: the gradient of every sorted position t = r * n + i.
+template <typename scalar_t>
+__global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                  const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
+                                  const double* __restrict__ gamma, const double* __restrict__ sums,
+                                  int64_t rows, int64_t n, TopkParams P, scalar_t* __restrict__ gx) {
+  const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
+  const int64_t total = rows * n;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = t / n, i = t - r * n;
+    const int64_t j = r * n + perm[t];
+    const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
+    if (a < 0) {  // the forward saw a NaN/Inf in this row
+      gx[j] = static_cast<scalar_t>(NAN);
+      continue;
+    }
+    const double xv = static_cast<double>(x[j]);
+    const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;  // sign(x) with sign(0) = +1
+    const double gv = static_cast<double>(g[j]);
+    double out = 0.0;
+    if (i < a) {
+      // Kept singletons: the mask is locally constant; the magnitude passes c / (c + lam_q1)
+      // raw, and exactly 1 de-biased (y = x there).
+      if (P.magnitude) {
+        double sens = 1.0;
+        if (!P.debias) {
+          double z = 0.0;
+          kept_value(::fabs(xv), P, &z);
+          const double c = psi_slope_device(z, P);
+          sens = c / (c + P.lam_q1);
+        }
+        out = gv * sens;
+      }
+    } else if (i < b) {
+      const double D = sums[3 * r], Gc = sums[3 * r + 1], G = sums[3 * r + 2];
+      if (D > 0) {  // D > 0 whenever the block holds a kept element; stay finite otherwise
+        const double gt = gv * sg;
+        const double c = psi_slope_device((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
+        out = sg * ((c / P.lam_q1) * (gt - Gc / D) + beta * (gt - c * G / D));
+      }
+    }
+    gx[j] = static_cast<scalar_t>(out);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cuda(
+    const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, double p, bool magnitude,
+    bool debias, bool full_sort) {
+  (void)full_sort;  // the CUDA path always sorts whole rows
+  const auto args = check_soft_topk_args("soft_topk_forward", x, k, lam, p);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const int64_t n = xc.size(-1);
+  const int64_t rows = n == 0 ? 0 : xc.numel() / n;
+  at::Tensor y = at::empty_like(xc);
+  at::Tensor perm = at::empty(xc.sizes(), xc.options().dtype(at::kInt));
+  auto batch_shape = xc.sizes().vec();
+  batch_shape.pop_back();
+  at::Tensor gamma = at::empty(batch_shape, xc.options().dtype(at::kDouble));
+  batch_shape.push_back(2);
+  at::Tensor blocks = at::empty(batch_shape, xc.options().dtype(at::kLong));
+  if (rows == 0) return {y, perm, blocks, gamma};
+  const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_forward_cuda", [&] {
+    using key_t = KeyFloat<scalar_t>;
+    const auto key_type = c10::CppTypeToScalarType<key_t>::value;
+    at::Tensor keys = xc.reshape({rows, n}).to(key_type);
+    // `+ 0` maps -0.0 to +0.0, as on the CPU (abs already does)
+    keys = magnitude ? keys.abs() : keys + 0;
+    auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
+    if (n >= kLongRow) {
+      solve_long_rows_kernel<key_t><<<rows, kThreads, 0, stream>>>(
+          sorted.const_data_ptr<key_t>(), n, args.k, P, blocks.mutable_data_ptr<int64_t>(),
+          gamma.mutable_data_ptr<double>());
+    } else {
+      solve_rows_kernel<key_t><<<(rows + 127) / 128, 128, 0, stream>>>(
+          sorted.const_data_ptr<key_t>(), rows, n, args.k, P, blocks.mutable_data_ptr<int64_t>(),
+          gamma.mutable_data_ptr<double>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    write_outputs_kernel<scalar_t, key_t><<<blocks_for(rows * n), kThreads, 0, stream>>>(
+        xc.const_data_ptr<scalar_t>(), sorted.const_data_ptr<key_t>(), order.const_data_ptr<int64_t>(),
+        rows, n, P, blocks.const_data_ptr<int64_t>(), gamma.const_data_ptr<double>(),
+        y.mutable_data_ptr<scalar_t>(), perm.mutable_data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {y, perm, blocks, gamma};
+}
+
+at::Tensor soft_topk_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& perm,
+                                   const at::Tensor& blocks, const at::Tensor& gamma, const at::Tensor& k,
+                                   const at::Tensor& lam, double p, bool magnitude, bool debias) {
+  const auto args = check_soft_topk_args("soft_topk_backward", x, k, lam, p);
+  check_saved_state("soft_topk_backward", grad, x, perm, blocks, gamma);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor gc = grad.to(xc.scalar_type()).contiguous();
+  const at::Tensor permc = perm.contiguous();
+  const at::Tensor blocksc = blocks.contiguous();
+  const at::Tensor gammac = gamma.contiguous();
+  const int64_t n = xc.size(-1);
+  const int64_t rows = n == 0 ? 0 : xc.numel() / n;
+  at::Tensor gx = at::empty_like(xc);
+  if (rows == 0) return gx;
+  at::Tensor sums = at::empty({rows, 3}, xc.options().dtype(at::kDouble));
+  const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_backward_cuda", [&] {
+    block_sums_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
+        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), permc.const_data_ptr<int32_t>(),
+        blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), n, args.k, P,
+        sums.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    write_grad_kernel<scalar_t><<<blocks_for(rows * n), kThreads, 0, stream>>>(
+        gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), permc.const_data_ptr<int32_t>(),
+        blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), sums.const_data_ptr<double>(),
+        rows, n, P, gx.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(smoothprune, CUDA, m) {
+  m.impl("soft_topk_forward", &soft_topk_forward_cuda);
+  m.impl("soft_topk_backward", &soft_topk_backward_cuda);
+}
+
+}  // namespace smoothprune

@@ -1,0 +1,199 @@
+"""CUDA kernels: the same oracles and tolerances as the CPU tests, plus CPU/CUDA agreement.
+
+Every test here is marked `cuda` and skipped on machines without a GPU (CI); they run on a lent
+GPU through the `device` tool. The build-side check (the kernels compile) is in CI itself.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import smoothprune as sp
+from tests.helpers import MODES, P_VALUES, apply_oracle, random_case, rel_err
+from tests.oracle import pav_oracle, threshold_oracle
+
+pytestmark = pytest.mark.cuda
+CUDA = torch.device("cuda")
+
+
+def test_extension_was_built_with_cuda():
+    assert "cuda" in sp._native.build_info()
+
+
+@pytest.mark.parametrize("p", P_VALUES, ids=lambda p: f"p={p:.3g}")
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+def test_float64_matches_oracles(mode, p, rng):
+    _, op, kw = mode
+    for _ in range(25):
+        shape, dim, k, lam = random_case(rng)
+        x = torch.from_numpy(rng.normal(size=shape) * 10 ** rng.uniform(-2, 1))
+        y = op(x.to(CUDA), k, lam=lam, p=p, dim=dim)
+        assert y.device.type == "cuda"
+        for oracle in (pav_oracle, threshold_oracle):
+            want = apply_oracle(oracle, x, k, lam, p, dim, **kw)
+            assert rel_err(y.cpu().numpy(), want, x.numpy()) < 1e-9, (shape, dim, k, lam, oracle.__name__)
+
+
+@pytest.mark.parametrize("p", P_VALUES, ids=lambda p: f"p={p:.3g}")
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+def test_float32_matches_oracle(mode, p, rng):
+    _, op, kw = mode
+    for _ in range(25):
+        shape, dim, k, lam = random_case(rng)
+        x = torch.from_numpy(rng.normal(size=shape)).float()
+        y = op(x.to(CUDA), k, lam=lam, p=p, dim=dim)
+        assert y.dtype == torch.float32
+        want = apply_oracle(threshold_oracle, x, k, lam, p, dim, **kw)
+        assert rel_err(y.cpu().numpy(), want, x.numpy()) < 2e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+def test_half_precision_is_the_rounded_float64_result(mode, dtype, rng):
+    _, op, kw = mode
+    eps = torch.finfo(dtype).eps
+    for p in (2.0, 4 / 3):
+        for _ in range(10):
+            shape, dim, k, lam = random_case(rng)
+            x = torch.from_numpy(rng.normal(size=shape)).to(dtype)
+            y = op(x.to(CUDA), k, lam=lam, p=p, dim=dim)
+            assert y.dtype == dtype
+            want = apply_oracle(threshold_oracle, x, k, lam, p, dim, **kw)
+            assert rel_err(y.double().cpu().numpy(), want, x.double().numpy()) <= eps
+
+
+@pytest.mark.parametrize("p", P_VALUES, ids=lambda p: f"p={p:.3g}")
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+def test_gradcheck_float64(mode, p, rng):
+    _, op, _ = mode
+    for _ in range(4):
+        shape, dim, k, lam = random_case(rng, max_n=12)
+        lam = float(10 ** rng.uniform(-1, 0.5))
+        n = int(np.prod(shape))
+        vals = rng.permutation(np.linspace(0.1, 3.0, n)) * rng.choice([-1.0, 1.0], size=n)
+        x = torch.from_numpy(vals.reshape(shape)).to(CUDA).requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: op(t, k, lam=lam, p=p, dim=dim), (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("p", [2.0, 4 / 3, 3.0])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+def test_outputs_and_gradients_equal_cpu(mode, p, dtype):
+    _, op, _ = mode
+    rng = np.random.default_rng(11)
+    cases = [  # (rows, n, k, lam, scale): short rows, pruning-scale long rows, whole-row blocks
+        (512, 100, 3, 1e-3, 0.05),
+        (32, 400, 28, 1e-2, 0.05),
+        (3, 3000, 300, 1e-3, 1.0),
+        (1, 25_088, 2_509, 1e-3, 0.05),
+        (4, 64, 10, 100.0, 1.0),
+        (2, 5_000, 500, 100.0, 1.0),  # long rows (one CUDA block each), whole-row block
+        (1, 300_000, 30_000, 0.1, 0.05),  # a block of ~100k entries
+    ]
+    for rows, n, k, lam, scale in cases:
+        x = torch.from_numpy(rng.normal(size=(rows, n)) * scale).to(dtype)
+        g = torch.from_numpy(rng.normal(size=(rows, n))).to(dtype)
+        outs = {}
+        for device in ("cpu", "cuda"):
+            xd = x.to(device).requires_grad_()
+            y = op(xd, k, lam=lam, p=p)
+            (gx,) = torch.autograd.grad(y, xd, g.to(device))
+            outs[device] = (y.detach().cpu().double(), gx.cpu().double())
+        tol_y = 1e-12 if dtype == torch.float64 else 2e-6
+        assert torch.allclose(outs["cuda"][0], outs["cpu"][0], rtol=tol_y, atol=tol_y), (rows, n, k, lam)
+        # The gradient carries a 1/lam factor on the pooled block: compare relative to its scale.
+        # float64: the oracle tolerance (1e-9); the two devices sum blocks of up to ~1e5 terms in
+        # different orders, and for p > 2 the slopes |s_i - gamma|^(q-2) amplify that rounding.
+        scale_g = outs["cpu"][1].abs().max().clamp_min(1.0)
+        err = (outs["cuda"][1] - outs["cpu"][1]).abs().max() / scale_g
+        assert err < (1e-9 if dtype == torch.float64 else 1e-4), (rows, n, k, lam, float(err))
+
+
+def test_edge_cases_match_cpu():
+    rng = np.random.default_rng(5)
+    ties = np.round(rng.normal(size=(4, 50)) * 3) / 3
+    zeros = np.concatenate([np.zeros((4, 25)), rng.normal(size=(4, 25))], axis=1)
+    for x_np, k in itertools.product([ties, zeros, rng.normal(size=(4, 1))], [0, 1, "n"]):
+        kk = x_np.shape[-1] if k == "n" else min(k, x_np.shape[-1])
+        for _, op, _ in MODES:
+            for p in (2.0, 4 / 3):
+                x = torch.from_numpy(x_np)
+                want = op(x, kk, lam=0.3, p=p)
+                got = op(x.to(CUDA), kk, lam=0.3, p=p).cpu()
+                assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_with_nan_or_inf_give_nan_like_cpu():
+    x = torch.randn(4, 10, dtype=torch.float64)
+    x[1, 3] = float("nan")
+    x[2, 0] = float("inf")
+    x[3, 9] = -float("inf")
+    for _, op, _ in MODES:
+        xc = x.to(CUDA).requires_grad_()
+        y = op(xc, 3, lam=0.1, p=2.0)
+        (g,) = torch.autograd.grad(y.sum(), xc)
+        assert torch.isnan(y[1:]).all() and torch.isfinite(y[0]).all()
+        assert torch.isnan(g[1:]).all() and torch.isfinite(g[0]).all()
+
+
+def test_empty_and_strided_inputs():
+    x = torch.randn(0, 7, device=CUDA)
+    assert sp.soft_topk_mask(x, 2, lam=0.1).shape == (0, 7)
+    base = torch.randn(6, 40, dtype=torch.float64)
+    got = sp.soft_topk_mag(base.to(CUDA).t(), 3, lam=0.05, p=4 / 3, dim=0).cpu()  # non-contiguous
+    assert torch.allclose(got, sp.soft_topk_mag(base.t(), 3, lam=0.05, p=4 / 3, dim=0), rtol=1e-12, atol=1e-12)
+
+
+def test_runs_on_the_current_stream_and_device():
+    x = torch.randn(64, 300, device=CUDA, requires_grad=True)
+    want = sp.soft_topk_mag(x, 30, lam=1e-2, p=2.0)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        xs = x.detach().clone().requires_grad_()  # produced on `stream`
+        y = sp.soft_topk_mag(xs, 30, lam=1e-2, p=2.0)
+        (g,) = torch.autograd.grad(y.sum(), xs)
+    stream.synchronize()
+    assert torch.equal(y, want) and torch.isfinite(g).all()
+    if torch.cuda.device_count() > 1:
+        x1 = x.detach().to("cuda:1")
+        assert torch.equal(sp.soft_topk_mag(x1, 30, lam=1e-2, p=2.0).cpu(), want.cpu())
+
+
+def test_opcheck_cuda():
+    torch.manual_seed(0)
+    for (p, magnitude, debias), dtype in itertools.product(
+        [(2.0, False, False), (4 / 3, True, True), (3.0, True, False)], [torch.float32, torch.float64]
+    ):
+        x = torch.randn(3, 20, dtype=dtype, device=CUDA, requires_grad=True)
+        args = (x, torch.tensor(5), torch.tensor(0.05, dtype=torch.float64), p, magnitude, debias)
+        torch.library.opcheck(torch.ops.smoothprune.soft_topk_forward.default, args)
+        _, perm, blocks, gamma = torch.ops.smoothprune.soft_topk_forward(*args)
+        torch.library.opcheck(
+            torch.ops.smoothprune.soft_topk_backward.default,
+            (torch.randn_like(x), x.detach(), perm, blocks, gamma, *args[1:]),
+        )
+
+
+def test_compile_fullgraph_on_cuda():
+    torch._dynamo.reset()
+    fn = lambda t: sp.soft_topk_mag(t, 5, lam=0.2, p=4 / 3)  # noqa: E731
+    x = torch.randn(6, 40, device=CUDA, requires_grad=True)
+    y_eager = fn(x)
+    (g_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
+    y = torch.compile(fn, fullgraph=True)(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    assert torch.allclose(y, y_eager, atol=1e-6) and torch.allclose(g, g_eager, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_pruning_on_cuda_hardens_to_the_magnitude_top_k():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).to(CUDA)
+    sp.prune_(model, 0.9, lam=1e-2, p=2.0)
+    out = model(torch.randn(8, 64, device=CUDA))
+    out.square().sum().backward()
+    sp.harden_(model)
+    for layer in (model[0], model[2]):
+        w = layer.weight.detach()
+        assert w.is_cuda and int((w != 0).sum()) == round(0.1 * w.numel())
