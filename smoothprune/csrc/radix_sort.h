@@ -37,7 +37,9 @@ struct SortWorkspace {
   std::vector<K> keys, keys_tmp;
   std::vector<int32_t> idx, idx_tmp;
   std::vector<std::pair<K, int32_t>> pairs;
+  // Grows only: buffers are reused across rows and calls (see RowScratch in soft_topk_cpu.cpp).
   void resize(int64_t n) {
+    if (static_cast<int64_t>(keys.size()) >= n) return;
     keys.resize(n);
     keys_tmp.resize(n);
     idx.resize(n);
@@ -53,7 +55,7 @@ template <typename K>
 void sort_keys_with_index(SortWorkspace<K>& ws, int64_t n) {
   static_assert(std::is_unsigned<K>::value, "radix keys must be unsigned");
   if (n < kRadixMinLength) {
-    ws.pairs.resize(n);
+    if (static_cast<int64_t>(ws.pairs.size()) < n) ws.pairs.resize(n);
     for (int64_t i = 0; i < n; ++i) ws.pairs[i] = {ws.keys[i], static_cast<int32_t>(i)};
     std::sort(ws.pairs.begin(), ws.pairs.begin() + n);  // (key, index): stable by construction
     for (int64_t i = 0; i < n; ++i) {

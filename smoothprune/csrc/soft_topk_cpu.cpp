@@ -24,6 +24,7 @@
 #include "checks.h"
 #include "pav.h"
 #include "radix_sort.h"
+#include "select.h"
 
 namespace smoothprune {
 namespace {
@@ -52,35 +53,68 @@ using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, doubl
 template <typename scalar_t>
 using KeyInt = std::conditional_t<std::is_same<scalar_t, double>::value, uint64_t, uint32_t>;
 
-template <typename scalar_t>
-bool row_is_finite(const scalar_t* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(static_cast<double>(x[i]))) return false;
-  }
-  return true;
-}
-
 // Solves one row at a time, reusing its scratch buffers across the rows of a thread.
 //
 // Selection instead of sorting (DESIGN.md section 2): t_k and t_{k+1}, the k-th and (k+1)-th
-// largest keys, come from std::nth_element in O(n). The pooled block's value lies in
+// largest keys, come from an O(n) selection (select.h). The pooled block's value lies in
 // [val(t_k), t_{k+1}], so every key >= hi = val^{-1}(t_{k+1}) is a kept singleton and every
 // key <= lo = val(t_k) a pruned singleton; only the window (lo, hi) is sorted and solved. If the
-// block found in the window touches a window edge with elements beyond it (possible only
+// block found in the window reaches a window edge and PAV would pool across it (possible only
 // through rounding at the bounds) the row is solved again by a full sort.
 //
 // Either way `perm` is laid out as [kept singletons | pooled block (sorted) | pruned], which is
 // all the backward needs.
+// Scratch buffers of one thread, reused across rows and across calls: allocating (and page-
+// faulting) fresh row-sized buffers on every call costs as much as the work on rows of a few
+// thousand entries. Buffers only grow; rows longer than kKeep give them back after the call.
+template <typename scalar_t>
+struct RowScratch {
+  static constexpr int64_t kKeep = int64_t(1) << 18;
+  std::vector<KeyFloat<scalar_t>> key;
+  std::vector<int32_t> window;
+  std::vector<double> s;
+  SelectWorkspace<KeyFloat<scalar_t>> select;
+  SortWorkspace<KeyInt<scalar_t>> sort;
+
+  void reserve(int64_t n) {
+    if (static_cast<int64_t>(key.size()) >= n) return;
+    key.resize(n);
+    window.resize(n);
+    s.resize(n);
+  }
+  void release_if_large(int64_t n) {
+    if (n > kKeep) *this = RowScratch();
+  }
+};
+
+template <typename scalar_t>
+RowScratch<scalar_t>& thread_scratch() {
+  thread_local RowScratch<scalar_t> scratch;
+  return scratch;
+}
+
 template <typename scalar_t>
 class RowSolver {
  public:
-  RowSolver(int64_t n, int64_t k, const TopkParams& P, bool full_sort)
-      : n_(n), k_(k), P_(P), full_sort_(full_sort), key_(n), sel_(n), window_(n), s_(n) {
-    ws_.resize(n);
+  RowSolver(int64_t n, int64_t k, const TopkParams& P, bool full_sort, RowScratch<scalar_t>& scratch)
+      : n_(n), k_(k), P_(P), full_sort_(full_sort), key_(scratch.key), select_ws_(scratch.select),
+        window_(scratch.window), s_(scratch.s), ws_(scratch.sort) {
+    scratch.reserve(n);
   }
 
   void run(const scalar_t* x, scalar_t* y, int32_t* perm, int64_t* blocks, double* gamma) {
-    if (!row_is_finite(x, n_)) {
+    // One pass: keys, their range (for the selection) and finiteness (x - x is 0 iff finite).
+    bool finite = true;
+    Key mn = std::numeric_limits<Key>::infinity(), mx = -mn;
+    for (int64_t i = 0; i < n_; ++i) {
+      const Key v = static_cast<Key>(x[i]);
+      const Key key = P_.magnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
+      finite &= (v - v == Key(0));
+      mn = key < mn ? key : mn;
+      mx = key > mx ? key : mx;
+      key_[i] = key;
+    }
+    if (!finite) {
       for (int64_t i = 0; i < n_; ++i) {
         y[i] = static_cast<scalar_t>(kNaN);
         perm[i] = static_cast<int32_t>(i);
@@ -89,10 +123,8 @@ class RowSolver {
       *gamma = kNaN;
       return;
     }
-    for (int64_t i = 0; i < n_; ++i) {
-      const Key v = static_cast<Key>(x[i]);
-      key_[i] = P_.magnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
-    }
+    mn_ = mn;
+    mx_ = mx;
     BoundaryBlock blk{k_, k_, 0.0};
     if (k_ == 0 || k_ == n_) {
       for (int64_t i = 0; i < n_; ++i) perm[i] = static_cast<int32_t>(i);
@@ -116,10 +148,7 @@ class RowSolver {
   }
 
   bool solve_by_selection(int32_t* perm, BoundaryBlock* blk) {
-    std::copy(key_.begin(), key_.end(), sel_.begin());
-    std::nth_element(sel_.begin(), sel_.begin() + (k_ - 1), sel_.end(), std::greater<Key>());
-    const Key tk = sel_[k_ - 1];
-    const Key tk1 = *std::max_element(sel_.begin() + k_, sel_.end());
+    const auto [tk, tk1] = select_kth_pair(key_.data(), n_, k_, mn_, mx_, select_ws_);
     const double lo = singleton_value(static_cast<double>(tk), true, P_);
     if (!(lo < static_cast<double>(tk1))) {
       // Nothing pools: the hard top-k, ties at t_k taken in index order (as a stable sort does).
@@ -134,18 +163,22 @@ class RowSolver {
     }
     const double hi = kept_inverse(static_cast<double>(tk1));
     int64_t front = 0, back = n_, m = 0;
+    double above_min = INFINITY, below_max = -INFINITY;  // the window's outside neighbours
     for (int64_t i = 0; i < n_; ++i) {
       const double v = static_cast<double>(key_[i]);
       if (v >= hi) {
         perm[front++] = static_cast<int32_t>(i);
+        above_min = std::min(above_min, v);
       } else if (v <= lo) {
         perm[--back] = static_cast<int32_t>(i);
+        below_max = std::max(below_max, v);
       } else {
         window_[m++] = static_cast<int32_t>(i);
       }
     }
     const int64_t n_above = front, n_below = n_ - back, k_local = k_ - n_above;
     if (k_local < 1 || k_local >= m) return false;
+    ws_.resize(m);
     for (int64_t i = 0; i < m; ++i) ws_.keys[i] = descending_key(key_[window_[i]]);
     sort_keys_with_index(ws_, m);
     for (int64_t i = 0; i < m; ++i) {
@@ -154,12 +187,21 @@ class RowSolver {
       s_[i] = static_cast<double>(key_[j]);
     }
     const BoundaryBlock local = solve_sorted_row(s_.data(), m, k_local, P_);
-    if ((local.a == 0 && n_above > 0) || (local.b == m && n_below > 0)) return false;
+    // A block reaching a window edge is final iff PAV would not pool across that edge: the
+    // nearest kept singleton above keeps a value >= gamma, the nearest pruned one below a key
+    // <= gamma (true by the window's construction). Demand a margin far above rounding (1e-9
+    // of the row's scale): within it, the full sort settles the tie exactly as a whole-row PAV
+    // does, so the selection never changes a result by even one bit.
+    const double g = local.a < local.b ? local.gamma : NAN;
+    const double margin = 1e-9 * std::max(std::abs(static_cast<double>(mn_)), std::abs(static_cast<double>(mx_)));
+    if (local.a == 0 && n_above > 0 && !(singleton_value(above_min, true, P_) >= g + margin)) return false;
+    if (local.b == m && n_below > 0 && !(below_max <= g - margin)) return false;
     *blk = {n_above + local.a, n_above + local.b, local.gamma};
     return true;
   }
 
   void solve_by_full_sort(int32_t* perm, BoundaryBlock* blk) {
+    ws_.resize(n_);
     for (int64_t i = 0; i < n_; ++i) ws_.keys[i] = descending_key(key_[i]);
     sort_keys_with_index(ws_, n_);
     for (int64_t i = 0; i < n_; ++i) {
@@ -170,6 +212,8 @@ class RowSolver {
   }
 
   void write_outputs(const scalar_t* x, scalar_t* y, const int32_t* perm, const BoundaryBlock& blk) {
+    // Pruned singletons (most of a pruned row): one contiguous fill instead of scattered writes.
+    std::fill(y, y + n_, scalar_t(0));
     for (int64_t i = 0; i < blk.a; ++i) {  // kept singletons
       const int32_t j = perm[i];
       if (!P_.magnitude) {
@@ -184,32 +228,39 @@ class RowSolver {
     for (int64_t i = blk.a; i < blk.b; ++i) {  // pooled boundary block
       const int32_t j = perm[i];
       const double z = static_cast<double>(key_[j]) - blk.gamma;
-      double out = psi(z, P_) + ((P_.magnitude && P_.debias) ? z : 0.0);
+      // Exact outputs here are >= 0 (the mask lies in [0, 1], the magnitude keeps sign(x)); a
+      // member whose key rounds below gamma would give a tiny negative: clamp it to 0.
+      double out = std::max(psi(z, P_) + ((P_.magnitude && P_.debias) ? z : 0.0), 0.0);
       if (P_.magnitude && out != 0.0 && static_cast<double>(x[j]) < 0) out = -out;
       y[j] = static_cast<scalar_t>(out);
     }
-    for (int64_t i = blk.b; i < n_; ++i) y[perm[i]] = scalar_t(0);  // pruned singletons
   }
 
   const int64_t n_, k_;
   const TopkParams P_;
   const bool full_sort_;
-  std::vector<Key> key_, sel_;
-  std::vector<int32_t> window_;
-  std::vector<double> s_;
-  SortWorkspace<KeyInt<scalar_t>> ws_;
+  Key mn_ = 0, mx_ = 0;
+  std::vector<Key>& key_;
+  SelectWorkspace<Key>& select_ws_;
+  std::vector<int32_t>& window_;
+  std::vector<double>& s_;
+  SortWorkspace<KeyInt<scalar_t>>& ws_;
 };
 
 template <typename scalar_t>
 void forward_rows(const scalar_t* x_all, scalar_t* y_all, int32_t* perm_all, int64_t* blocks_all,
                   double* gamma_all, int64_t rows, int64_t n, int64_t k, const TopkParams& P,
                   bool full_sort) {
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    RowSolver<scalar_t> solver(n, k, P, full_sort);
-    for (int64_t r = begin; r < end; ++r) {
-      solver.run(x_all + r * n, y_all + r * n, perm_all + r * n, blocks_all + 2 * r, gamma_all + r);
+    RowScratch<scalar_t>& scratch = thread_scratch<scalar_t>();
+    {
+      RowSolver<scalar_t> solver(n, k, P, full_sort, scratch);
+      for (int64_t r = begin; r < end; ++r) {
+        solver.run(x_all + r * n, y_all + r * n, perm_all + r * n, blocks_all + 2 * r, gamma_all + r);
+      }
     }
+    scratch.release_if_large(n);
   });
 }
 
@@ -217,7 +268,7 @@ template <typename scalar_t>
 void backward_rows(const scalar_t* g_all, const scalar_t* x_all, const int32_t* perm_all,
                    const int64_t* blocks_all, const double* gamma_all, scalar_t* gx_all,
                    int64_t rows, int64_t n, int64_t k, const TopkParams& P) {
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1));
   const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {

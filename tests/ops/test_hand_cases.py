@@ -119,3 +119,12 @@ def test_native_op_checks_its_own_arguments():
         ops.soft_topk_forward(x, torch.tensor(2), torch.tensor(0.1, dtype=torch.float64), 1.0, False, False)
     with pytest.raises(ValueError, match="expected x of dtype float16, bfloat16, float32 or float64, got Int"):
         ops.soft_topk_forward(x.int(), torch.tensor(2), torch.tensor(0.1, dtype=torch.float64), 2.0, False, False)
+
+
+def test_rounding_never_flips_the_sign_of_a_magnitude_output():
+    # found by hypothesis: PAV pooled the key 0 with gamma ~ 1e-85 (rounding), which gave
+    # y = -1e-85 for x = 0; outputs are clamped to the exact solution's sign
+    x = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 4.9615479246562973e-29, 1.175494351e-38], dtype=torch.float64)
+    for k in range(8):
+        y = sp.soft_topk_mag(x, k, lam=1.0, p=4 / 3)
+        assert torch.all(y * x >= 0) and torch.all(y >= 0), (k, y)

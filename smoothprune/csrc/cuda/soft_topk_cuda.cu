@@ -269,7 +269,8 @@ __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t
       }
     } else if (i < b) {  // pooled boundary block
       const double z = static_cast<double>(sorted[t]) - gamma[r];
-      double out = psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0);
+      // >= 0 exactly; clamp a rounding-level negative as the CPU kernel does
+      double out = std::max(psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0), 0.0);
       if (P.magnitude && out != 0.0 && static_cast<double>(x[dst]) < 0) out = -out;
       y[dst] = static_cast<scalar_t>(out);
     } else {
