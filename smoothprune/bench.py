@@ -296,11 +296,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.device.split(":")[0] not in ("cpu", "cuda"):
+        raise SystemExit(f"smoothprune bench: expected --device cpu or cuda, got {args.device!r}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("smoothprune bench: --device cuda asked for, but torch sees no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"smoothprune bench: expected --device cpu or cuda, got {args.device!r}")
     if args.repeats < 1:
         raise SystemExit(f"smoothprune bench: expected --repeats >= 1, got {args.repeats}")
     if args.threads:

@@ -72,7 +72,7 @@ struct RowScratch {
   static constexpr int64_t kKeep = int64_t(1) << 18;
   std::vector<KeyFloat<scalar_t>> key;
   std::vector<int32_t> window;
-  std::vector<double> s;
+  std::vector<double> s;  // sized when used: the window's length, or n for a full sort
   SelectWorkspace<KeyFloat<scalar_t>> select;
   SortWorkspace<KeyInt<scalar_t>> sort;
 
@@ -80,7 +80,6 @@ struct RowScratch {
     if (static_cast<int64_t>(key.size()) >= n) return;
     key.resize(n);
     window.resize(n);
-    s.resize(n);
   }
   void release_if_large(int64_t n) {
     if (n > kKeep) *this = RowScratch();
@@ -179,6 +178,7 @@ class RowSolver {
     const int64_t n_above = front, n_below = n_ - back, k_local = k_ - n_above;
     if (k_local < 1 || k_local >= m) return false;
     ws_.resize(m);
+    if (static_cast<int64_t>(s_.size()) < m) s_.resize(m);
     for (int64_t i = 0; i < m; ++i) ws_.keys[i] = descending_key(key_[window_[i]]);
     sort_keys_with_index(ws_, m);
     for (int64_t i = 0; i < m; ++i) {
@@ -202,6 +202,7 @@ class RowSolver {
 
   void solve_by_full_sort(int32_t* perm, BoundaryBlock* blk) {
     ws_.resize(n_);
+    if (static_cast<int64_t>(s_.size()) < n_) s_.resize(n_);
     for (int64_t i = 0; i < n_; ++i) ws_.keys[i] = descending_key(key_[i]);
     sort_keys_with_index(ws_, n_);
     for (int64_t i = 0; i < n_; ++i) {
