@@ -252,7 +252,7 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device):
     return n_params, {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_steps(device: torch.device, repeats: int, batch: int) -> dict:
+def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 128, only_mlp: bool = False) -> dict:
     bars = {}
     print("| model | Linear weights | p | unpruned step (ms) | hard-pruned step (ms) | smooth-pruned step (ms) | "
           "smooth / unpruned | hard / unpruned |")
@@ -260,13 +260,15 @@ def run_steps(device: torch.device, repeats: int, batch: int) -> dict:
     g = torch.Generator().manual_seed(0)
     x_img = torch.randn(batch, 3, 32, 32, generator=g).to(device)
     y_img = torch.randint(0, 100, (batch,), generator=g).to(device)
-    x_mnist = torch.randn(128, 1, 28, 28, generator=g).to(device)
-    y_mnist = torch.randint(0, 10, (128,), generator=g).to(device)
+    x_mnist = torch.randn(mlp_batch, 1, 28, 28, generator=g).to(device)
+    y_mnist = torch.randint(0, 10, (mlp_batch,), generator=g).to(device)
     for p in (2.0, 4 / 3):
         for name, make, x, y, reps, limit in (
-            ("ViT-Tiny (32×32, patch 4)", _vit, x_img, y_img, repeats, 1.3),
-            ("MLP 784-32-32-10", _mlp, x_mnist, y_mnist, repeats * 4, 1.15),
+            (f"ViT-Tiny (32×32, patch 4, batch {batch})", _vit, x_img, y_img, repeats, 1.3),
+            (f"MLP 784-32-32-10 (batch {mlp_batch})", _mlp, x_mnist, y_mnist, repeats * 4, 1.15),
         ):
+            if only_mlp and make is _vit:
+                continue
             n_params, med = bench_step(make, x, y, reps, p, device)
             ratio = med["smooth"] / med["unpruned"]
             print(f"| {name} | {n_params:,} | {p:.3g} | {med['unpruned'] * 1e3:.2f} | {med['hard'] * 1e3:.2f} | "
@@ -297,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="operators: only the five short shapes")
     parser.add_argument("--batch", type=int, default=64, help="step: ViT batch size (default 64)")
+    parser.add_argument("--mlp-batch", type=int, default=128, help="step: MLP batch size (default 128, the paper's)")
+    parser.add_argument("--only-mlp", action="store_true", help="step: the MLP only")
 
 
 def run(args) -> int:
@@ -318,7 +322,7 @@ def run(args) -> int:
             bars |= print_large_lam_table(bench_large_lam(device, args.repeats))
     if args.what in ("step", "all"):
         print()
-        bars |= run_steps(device, args.repeats, args.batch)
+        bars |= run_steps(device, args.repeats, args.batch, args.mlp_batch, args.only_mlp)
     _print_bars(bars)
     return 0
 

@@ -99,19 +99,22 @@ class TopKMagParametrization(torch.nn.Module):
         version counter moves on every in-place update, load_state_dict included): reading a
         GPU buffer is a device synchronisation, which every step would otherwise pay per tensor.
         """
-        if torch.compiler.is_compiling() or self.k.device.type not in ("cpu", "cuda"):
-            return self.k, self.lam  # (XLA: the device buffers, read inside the graph)
-        key = (self.k.data_ptr(), self.k._version, self.lam.data_ptr(), self.lam._version)
-        if getattr(self, "_host_key", None) != key:
-            self._host_scalars = (int(self.k), self.lam.detach().to("cpu", copy=True))
+        buffers = self._buffers  # direct dict access: this runs for every weight at every step
+        k, lam = buffers["k"], buffers["lam"]
+        if torch.compiler.is_compiling() or k.device.type not in ("cpu", "cuda"):
+            return k, lam  # (XLA: the device buffers, read inside the graph)
+        key = (k._version, lam._version, k.data_ptr(), lam.data_ptr())
+        if self.__dict__.get("_host_key") != key:
+            self._host_scalars = (int(k), lam.detach().to("cpu", copy=True))
             self._host_key = key
         return self._host_scalars
 
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
         k, lam = self._scalars()
-        y = soft_topk_mag(w.reshape(-1, self.group_size), k, lam=lam, p=self.p,
+        grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
+        y = soft_topk_mag(w if grouped else w.reshape(-1, self.group_size), k, lam=lam, p=self.p,
                           algorithm=self.algorithm, num_iter=self.num_iter, debias=self.debias)
-        return y.reshape(w.shape)
+        return y if grouped else y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
         return hard_topk_groups(w, self.group_size, self._scalars()[0])

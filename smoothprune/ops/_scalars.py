@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -10,7 +12,20 @@ def as_scalar_tensor(value, dtype: torch.dtype, device=None) -> torch.Tensor:
 
     ``ones * value`` rather than ``torch.tensor(value)``: under torch.compile a Python float or
     int stays symbolic through a multiplication, while ``torch.tensor`` would specialise on it.
+    In eager mode the 0-d tensors of recent Python values are cached (the ops only read them),
+    which saves two tensor ops per call on the hot path of every pruned weight.
     """
     if isinstance(value, torch.Tensor):
-        return value.to(dtype=dtype, device=device if device is not None else value.device).reshape(())
-    return torch.ones((), dtype=dtype, device=device) * value
+        target = torch.device(device) if device is not None else value.device
+        if value.dim() == 0 and value.dtype == dtype and value.device == target:
+            return value
+        return value.to(dtype=dtype, device=target).reshape(())
+    if torch.compiler.is_compiling():
+        return torch.ones((), dtype=dtype, device=device) * value
+    return _cached_scalar(value, type(value), dtype, None if device is None else str(device))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_scalar(value, _kind, dtype: torch.dtype, device) -> torch.Tensor:
+    # `_kind` keeps 1 and 1.0 (equal and of equal hash) apart
+    return torch.tensor(value, dtype=dtype, device=device)

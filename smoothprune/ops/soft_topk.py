@@ -67,15 +67,17 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     lam = _checks.check_lam(fn, lam)
     p = _checks.check_p(fn, p)
     algorithm = _checks.check_algorithm(fn, algorithm, p, num_iter, x.device)
-    x_last = x.movedim(d, -1)
+    last = d == x.dim() - 1
+    x_last = x if last else x.movedim(d, -1)  # (a movedim view is an extra autograd node)
     if algorithm == "dykstra":
         y = dykstra_soft_topk(x_last, k, lam, magnitude, debias, 10 if num_iter is None else num_iter)
     else:
         # k and lam travel to the native op as 0-d CPU tensors (read by the kernel).
         k_t = as_scalar_tensor(k, torch.int64, "cpu")
         lam_t = as_scalar_tensor(lam, torch.float64, "cpu")
-        y = _OPS.soft_topk_forward(x_last, k_t, lam_t, p, magnitude, debias)[0]
-    return y.movedim(-1, d)
+        # every argument given: the custom-op autograd then skips filling in defaults
+        y = _OPS.soft_topk_forward(x_last, k_t, lam_t, p, magnitude, debias, False)[0]
+    return y if last else y.movedim(-1, d)
 
 
 def soft_topk_mask(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=None):
