@@ -19,14 +19,15 @@ def _separated_input(rng, shape):
     return torch.from_numpy(vals.reshape(shape))
 
 
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("p", P_VALUES, ids=lambda p: f"p={p:.3g}")
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
-def test_gradcheck_float64(mode, p, rng):
+def test_gradcheck_float64(mode, p, device, rng):
     _, op, _ = mode
     for _ in range(6):
         shape, dim, k, lam = random_case(rng, max_n=12)
         lam = float(10 ** rng.uniform(-1, 0.5))  # pooled blocks of every size
-        x = _separated_input(rng, shape).requires_grad_()
+        x = _separated_input(rng, shape).to(device).requires_grad_()
         assert torch.autograd.gradcheck(lambda t: op(t, k, lam=lam, p=p, dim=dim), (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 

@@ -7,6 +7,9 @@ import torch
 from tests.helpers import MODES, P_VALUES, apply_oracle, random_case, rel_err
 from tests.oracle import pav_oracle, qp_bruteforce_p2, threshold_oracle
 
+# The oracle tests run on every device: CUDA ones are marked and skipped without a GPU.
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)]
+
 
 def test_oracles_agree_with_each_other(rng):
     for trial in range(150):
@@ -21,45 +24,51 @@ def test_oracles_agree_with_each_other(rng):
             assert rel_err(a, b, x) < 1e-12, (x, k, lam, p, kw)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("p", P_VALUES, ids=lambda p: f"p={p:.3g}")
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
-def test_float64_matches_oracles(mode, p, rng):
+def test_float64_matches_oracles(mode, p, device, rng):
     _, op, kw = mode
     for _ in range(25):
         shape, dim, k, lam = random_case(rng)
         x = torch.from_numpy(rng.normal(size=shape) * 10 ** rng.uniform(-2, 1))
-        y = op(x, k, lam=lam, p=p, dim=dim).numpy()
+        y = op(x.to(device), k, lam=lam, p=p, dim=dim)
+        assert y.device.type == device
+        y = y.cpu().numpy()
         for oracle in (pav_oracle, threshold_oracle):
             want = apply_oracle(oracle, x, k, lam, p, dim, **kw)
             assert rel_err(y, want, x.numpy()) < 1e-9, (shape, dim, k, lam, oracle.__name__)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("p", P_VALUES, ids=lambda p: f"p={p:.3g}")
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
-def test_float32_matches_oracle(mode, p, rng):
+def test_float32_matches_oracle(mode, p, device, rng):
     _, op, kw = mode
     for _ in range(25):
         shape, dim, k, lam = random_case(rng)
         x = torch.from_numpy(rng.normal(size=shape)).float()
-        y = op(x, k, lam=lam, p=p, dim=dim)
+        y = op(x.to(device), k, lam=lam, p=p, dim=dim)
         assert y.dtype == torch.float32
         want = apply_oracle(threshold_oracle, x, k, lam, p, dim, **kw)
-        assert rel_err(y.numpy(), want, x.numpy()) < 2e-5
+        assert rel_err(y.cpu().numpy(), want, x.numpy()) < 2e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
-def test_half_precision_is_the_rounded_float64_result(mode, dtype, rng):
+def test_half_precision_is_the_rounded_float64_result(mode, dtype, device, rng):
     _, op, kw = mode
     eps = torch.finfo(dtype).eps
     for p in (2.0, 4 / 3):
-        shape, dim, k, lam = random_case(rng)
-        x = torch.from_numpy(rng.normal(size=shape)).to(dtype)
-        y = op(x, k, lam=lam, p=p, dim=dim)
-        assert y.dtype == dtype
-        want = apply_oracle(threshold_oracle, x, k, lam, p, dim, **kw)
-        # computed in float64, rounded once to the output dtype
-        assert rel_err(y.double().numpy(), want, x.double().numpy()) <= eps
+        for _ in range(5):
+            shape, dim, k, lam = random_case(rng)
+            x = torch.from_numpy(rng.normal(size=shape)).to(dtype)
+            y = op(x.to(device), k, lam=lam, p=p, dim=dim)
+            assert y.dtype == dtype
+            want = apply_oracle(threshold_oracle, x, k, lam, p, dim, **kw)
+            # computed in float64, rounded once to the output dtype
+            assert rel_err(y.double().cpu().numpy(), want, x.double().numpy()) <= eps
 
 
 @pytest.mark.parametrize("magnitude", [False, True])

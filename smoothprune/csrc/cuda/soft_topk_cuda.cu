@@ -95,8 +95,9 @@ __global__ void solve_rows_kernel(const key_t* __restrict__ sorted, int64_t rows
 // Growing the pooled block one element at a time costs its size in sequential steps, which is
 // thousands on rows of millions. Here a CUDA block finds it cooperatively: the block value is the
 // root of the decreasing function Phi(g) of pav.h's find_block_general (membership read off g by
-// binary search, the sum over the members reduced by all threads), found by the same safeguarded
-// Newton/bisection; then the block's exact value is solved over the final membership.
+// binary search, the sum over the members reduced by all threads), found by pav.h's safeguarded
+// Newton/bisection (every thread runs it; the reduced values, hence its steps, are identical in
+// all threads); then the block's exact value is solved over the final membership.
 
 // Sum of a pair over all threads of the block; every thread gets the totals.
 __device__ inline void block_sum2(double* v0, double* v1) {
@@ -120,25 +121,6 @@ __device__ inline void block_sum2(double* v0, double* v1) {
   }
   *v0 = a;
   *v1 = b;
-}
-
-// Block-cooperative twin of solve_decreasing (pav.h): same steps, `f` evaluated by all threads.
-template <typename F>
-__device__ double block_solve_decreasing(F&& f, double lo, double hi, double x) {
-  constexpr double kEps = 2.220446049250313e-16;
-  if (!(x >= lo && x <= hi)) x = 0.5 * (lo + hi);
-  for (int it = 0; it < 300; ++it) {
-    double df = 0.0;
-    const double fx = f(x, &df);
-    if (fx == 0.0) return x;
-    if (fx > 0) lo = x; else hi = x;
-    double next = (df - df == 0.0 && df < 0) ? x - fx / df : 0.5 * (lo + hi);
-    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-    const double tol = 2.0 * kEps * std::max(::fabs(next), ::fabs(x)) + 1e-300;
-    if (::fabs(next - x) <= tol || hi - lo <= tol) return next;
-    x = next;
-  }
-  return x;
 }
 
 // psi~(z) = sign(z)|z|^(q-1) and its derivative in z, the summands of the block equation.
@@ -206,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
   const double lo = singleton_value(s[k - 1], true, P);
   const double hi = s[k];
   int64_t a, b;
-  membership(block_solve_decreasing(phi, lo, hi, 0.5 * (lo + hi)), &a, &b);
+  membership(solve_decreasing(phi, lo, hi, 0.5 * (lo + hi)), &a, &b);
   a = std::min(a, k - 1);  // keep the block non-degenerate around k, as find_block_general does
   b = std::max(b, k + 1);
   // The exact value of the fixed block [a, b), as block_value in pav.h.
@@ -238,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
       start = mu + u;
     }
     auto fixed = [&](double gg, double* df) { return block_equation(a, b, gg, df); };
-    g = block_solve_decreasing(fixed, P.magnitude ? 0.0 : smin - P.lam, smax, start);
+    g = solve_decreasing(fixed, P.magnitude ? 0.0 : smin - P.lam, smax, start);
   }
   if (threadIdx.x == 0) {
     blocks[2 * r] = a;
