@@ -86,6 +86,22 @@ SP_HD inline double psi(double z, const TopkParams& P) {
   }
 }
 
+// Slope c = (q-1)|z|^(q-2) of psi~ at z (DESIGN section 2, Jacobian). For p > 2 (q < 2) the
+// slope is infinite at z = 0; |z| is floored at 1e-12 lam, far below any float32 resolution of y.
+SP_HD inline double psi_slope(double z, const TopkParams& P) {
+  switch (P.kind) {
+    case PKind::kTwo:
+      return 1.0;
+    case PKind::kFourThirds:
+      return 3.0 * z * z;
+    default: {
+      double az = ::fabs(z);
+      if (P.q < 2.0) az = std::max(az, 1e-12 * P.lam);
+      return (P.q - 1.0) * ::pow(az, P.q - 2.0);
+    }
+  }
+}
+
 // Real root of u^3 + P u + Q = 0 with P >= 0 (the only real root). Rescaled so that no power
 // overflows, and written as -Q / (A^2 + P/3 + B^2) (= A - B of Cardano's formula, without the
 // cancellation when |Q| << P^(3/2)).

@@ -31,22 +31,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// Slope c = (q-1)|z|^(q-2) of psi~ at z (DESIGN section 2, Jacobian). For p > 2 (q < 2) the
-// slope is infinite at z = 0; |z| is floored at 1e-12 lam, far below any float32 resolution of y.
-inline double psi_slope(double z, const TopkParams& P) {
-  switch (P.kind) {
-    case PKind::kTwo:
-      return 1.0;
-    case PKind::kFourThirds:
-      return 3.0 * z * z;
-    default: {
-      double az = std::abs(z);
-      if (P.q < 2.0) az = std::max(az, 1e-12 * P.lam);
-      return (P.q - 1.0) * std::pow(az, P.q - 2.0);
-    }
-  }
-}
-
 template <typename scalar_t>
 using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
 

@@ -28,11 +28,10 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 #include <cuda_runtime.h>
-
-#include <climits>
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <climits>
 #include <cstdint>
 #include <tuple>
 
@@ -50,15 +49,6 @@ constexpr int64_t kBitonicSortRow = 4096;
 
 template <typename scalar_t>
 using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-
-__device__ inline double psi_slope_device(double z, const TopkParams& P) {
-  // Same as psi_slope in soft_topk_cpu.cpp (the slope c = (q-1)|z|^(q-2) of psi~).
-  if (P.kind == PKind::kTwo) return 1.0;
-  if (P.kind == PKind::kFourThirds) return 3.0 * z * z;
-  double az = ::fabs(z);
-  if (P.q < 2.0) az = az > 1e-12 * P.lam ? az : 1e-12 * P.lam;
-  return (P.q - 1.0) * ::pow(az, P.q - 2.0);
-}
 
 // Grid-stride launch size for `total` elements.
 inline int blocks_for(int64_t total) {
@@ -283,7 +273,7 @@ __global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t
       const double xv = static_cast<double>(x[j]);
       const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;
       const double gt = static_cast<double>(g[j]) * sg;
-      const double c = psi_slope_device((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
+      const double c = psi_slope((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
       D += c + ((P.magnitude && i < k) ? P.lam_q1 : 0.0);
       Gc += gt * c;
       G += gt;
@@ -334,7 +324,7 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
         if (!P.debias) {
           double z = 0.0;
           kept_value(::fabs(xv), P, &z);
-          const double c = psi_slope_device(z, P);
+          const double c = psi_slope(z, P);
           sens = c / (c + P.lam_q1);
         }
         out = gv * sens;
@@ -343,7 +333,7 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
       const double D = sums[3 * r], Gc = sums[3 * r + 1], G = sums[3 * r + 2];
       if (D > 0) {  // D > 0 whenever the block holds a kept element; stay finite otherwise
         const double gt = gv * sg;
-        const double c = psi_slope_device((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
+        const double c = psi_slope((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
         out = sg * ((c / P.lam_q1) * (gt - Gc / D) + beta * (gt - c * G / D));
       }
     }
