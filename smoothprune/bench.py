@@ -217,18 +217,24 @@ def _mlp():
                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
-def _step_fn(model, x, y):
+def _step_fn(model, x, y, compile_step: bool = False):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def forward_backward():
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    if compile_step:  # forward and backward compiled (the optimizer step stays eager)
+        forward_backward = torch.compile(forward_backward)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        forward_backward()
         opt.step()
 
     return step
 
 
-def bench_step(make, x, y, repeats: int, p: float, device: torch.device):
+def bench_step(make, x, y, repeats: int, p: float, device: torch.device, compile_step: bool = False):
     """Median seconds of an SGD step: unpruned, and every Linear weight pruned (90%, layer scope)
     by the hard top-k (torch.topk) or by the smooth operator."""
     time_call = _timer(device, min_seconds=0.0)
@@ -240,7 +246,7 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device):
             linear_weights = [(m, "weight") for m in models[name].modules() if isinstance(m, torch.nn.Linear)]
             sp.prune_(models[name], 0.9, lam=LAM, p=p, method=name, targets=linear_weights)
     dense = models["unpruned"]
-    steps = {name: _step_fn(model, x, y) for name, model in models.items()}
+    steps = {name: _step_fn(model, x, y, compile_step) for name, model in models.items()}
     for fn in steps.values():
         fn()
         fn()
@@ -252,7 +258,8 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device):
     return n_params, {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 128, only_mlp: bool = False) -> dict:
+def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 128, only_mlp: bool = False,
+              compile_step: bool = False) -> dict:
     bars = {}
     print("| model | Linear weights | p | unpruned step (ms) | hard-pruned step (ms) | smooth-pruned step (ms) | "
           "smooth / unpruned | hard / unpruned |")
@@ -269,7 +276,7 @@ def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 1
         ):
             if only_mlp and make is _vit:
                 continue
-            n_params, med = bench_step(make, x, y, reps, p, device)
+            n_params, med = bench_step(make, x, y, reps, p, device, compile_step)
             ratio = med["smooth"] / med["unpruned"]
             print(f"| {name} | {n_params:,} | {p:.3g} | {med['unpruned'] * 1e3:.2f} | {med['hard'] * 1e3:.2f} | "
                   f"{med['smooth'] * 1e3:.2f} | {ratio:.2f}× | {med['hard'] / med['unpruned']:.2f}× |")
@@ -301,6 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=64, help="step: ViT batch size (default 64)")
     parser.add_argument("--mlp-batch", type=int, default=128, help="step: MLP batch size (default 128, the paper's)")
     parser.add_argument("--only-mlp", action="store_true", help="step: the MLP only")
+    parser.add_argument("--compile", action="store_true", help="step: torch.compile forward + backward")
 
 
 def run(args) -> int:
@@ -322,7 +330,7 @@ def run(args) -> int:
             bars |= print_large_lam_table(bench_large_lam(device, args.repeats))
     if args.what in ("step", "all"):
         print()
-        bars |= run_steps(device, args.repeats, args.batch, args.mlp_batch, args.only_mlp)
+        bars |= run_steps(device, args.repeats, args.batch, args.mlp_batch, args.only_mlp, args.compile)
     _print_bars(bars)
     return 0
 
