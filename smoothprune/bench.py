@@ -68,6 +68,18 @@ def _timer(device: torch.device, min_seconds: float = 2e-3):
     return time_call
 
 
+def _interleaved_medians(calls: dict, repeats: int, time_call, warmups: int = 1) -> dict:
+    """{key: median seconds}: every call timed once per repeat, in turn, after `warmups` calls."""
+    for fn in calls.values():
+        for _ in range(warmups):
+            fn()  # (and CUDA lazy initialisation)
+    timings = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            timings[key].append(time_call(fn))
+    return {key: statistics.median(v) for key, v in timings.items()}
+
+
 def _full_sort_pav(x, k, p):
     # our own PAV on whole sorted rows (the selection shortcut switched off)
     k_t, lam_t = torch.tensor(k), torch.tensor(LAM, dtype=torch.float64)
@@ -120,14 +132,11 @@ def bench_ops(shapes, device: torch.device, repeats: int, skip_slow_on_long_rows
 
             if name != "torch.topk":  # topk's values alone do not reach every entry
                 calls[("fwd+bwd", name)] = fwd_bwd
-        for fn in calls.values():
-            fn()  # warm-up (and CUDA lazy initialisation)
-        timings = {key: [] for key in calls}
-        for _ in range(repeats):
-            for key, fn in calls.items():
-                timings[key].append(time_call(fn))
-        results[shape] = {key: statistics.median(v) for key, v in timings.items()}
+        results[shape] = _interleaved_medians(calls, repeats, time_call)
     return results
+
+
+LARGE_LAM_METHODS = ("mag p=2, lam=1e3", "mask p=2, lam=1e3")
 
 
 def bench_large_lam(device: torch.device, repeats: int):
@@ -138,16 +147,10 @@ def bench_large_lam(device: torch.device, repeats: int):
         x = (0.05 * torch.randn(shape.rows, shape.n, generator=torch.Generator().manual_seed(0))).to(device)
         calls = {
             "torch.sort": lambda: torch.sort(x, dim=-1, descending=True),
-            "mag p=2, lam=1e3": lambda: sp.soft_topk_mag(x, shape.k, lam=1e3, p=2),
-            "mask p=2, lam=1e3": lambda: sp.soft_topk_mask(x, shape.k, lam=1e3, p=2),
+            LARGE_LAM_METHODS[0]: lambda: sp.soft_topk_mag(x, shape.k, lam=1e3, p=2),
+            LARGE_LAM_METHODS[1]: lambda: sp.soft_topk_mask(x, shape.k, lam=1e3, p=2),
         }
-        for fn in calls.values():
-            fn()
-        timings = {key: [] for key in calls}
-        for _ in range(repeats):
-            for key, fn in calls.items():
-                timings[key].append(time_call(fn))
-        out[shape] = {key: statistics.median(v) for key, v in timings.items()}
+        out[shape] = _interleaved_medians(calls, repeats, time_call)
     return out
 
 
@@ -156,7 +159,7 @@ def _ms(t: float) -> str:
 
 
 def print_ops_tables(results, device: torch.device) -> dict:
-    """Markdown tables; returns the bar checks of the performance issue as {name: bool}."""
+    """Markdown tables; returns the bar checks of the performance issue as {name: (met, ratio)}."""
     bars = {}
     soft = ["mag p=2", "mag p=4/3", "mask p=2", "mask p=4/3"]
     limit = 2.0 if device.type == "cuda" else 1.5
@@ -175,8 +178,6 @@ def print_ops_tables(results, device: torch.device) -> dict:
                     continue
                 cells.append(_ms(t) if m == "hard_topk_mag" else f"{_ms(t)} ({t / hard:.2f}×)")
             print(f"| {shape} | " + " | ".join(cells) + " |")
-        for shape, med in results.items():
-            hard = med[(mode, "hard_topk_mag")]
             worst = max(med[(mode, m)] / hard for m in soft)
             if mode == "fwd":
                 bars[f"fwd within {limit}× of hard_topk_mag, {shape}"] = (worst <= limit, worst)
@@ -195,9 +196,9 @@ def print_large_lam_table(results) -> dict:
     print("|---|---|---|---|")
     for shape, med in results.items():
         sort_t = med["torch.sort"]
-        cells = [_ms(sort_t)] + [f"{_ms(med[m])} ({med[m] / sort_t:.2f}×)" for m in ("mag p=2, lam=1e3", "mask p=2, lam=1e3")]
+        cells = [_ms(sort_t)] + [f"{_ms(med[m])} ({med[m] / sort_t:.2f}×)" for m in LARGE_LAM_METHODS]
         print(f"| {shape} | " + " | ".join(cells) + " |")
-        worst = max(med[m] / sort_t for m in ("mag p=2, lam=1e3", "mask p=2, lam=1e3"))
+        worst = max(med[m] / sort_t for m in LARGE_LAM_METHODS)
         bars[f"whole-row window within 1.3× of torch.sort, {shape}"] = (worst <= 1.3, worst)
     return bars
 
@@ -245,17 +246,10 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device, compile
         if name != "unpruned":
             linear_weights = [(m, "weight") for m in models[name].modules() if isinstance(m, torch.nn.Linear)]
             sp.prune_(models[name], 0.9, lam=LAM, p=p, method=name, targets=linear_weights)
-    dense = models["unpruned"]
     steps = {name: _step_fn(model, x, y, compile_step) for name, model in models.items()}
-    for fn in steps.values():
-        fn()
-        fn()
-    times = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, fn in steps.items():
-            times[k].append(time_call(fn))
-    n_params = sum(m.weight.numel() for m in dense.modules() if isinstance(m, torch.nn.Linear))
-    return n_params, {k: statistics.median(v) for k, v in times.items()}
+    medians = _interleaved_medians(steps, repeats, time_call, warmups=2)
+    n_params = sum(m.weight.numel() for m in models["unpruned"].modules() if isinstance(m, torch.nn.Linear))
+    return n_params, medians
 
 
 def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 128, only_mlp: bool = False,

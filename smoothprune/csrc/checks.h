@@ -41,6 +41,21 @@ inline SoftTopkArgs check_soft_topk_args(const char* op, const at::Tensor& x, co
   return {kv, lv};
 }
 
+// Uninitialised outputs of soft_topk_forward for x (contiguous, >= 1 dim): y like x, and the
+// saved state check_saved_state expects (perm int32 like x, blocks int64 [..., 2], gamma f64 [...]).
+struct ForwardOutputs {
+  at::Tensor y, perm, blocks, gamma;
+};
+
+inline ForwardOutputs empty_forward_outputs(const at::Tensor& x) {
+  auto batch_shape = x.sizes().vec();
+  batch_shape.pop_back();
+  at::Tensor gamma = at::empty(batch_shape, x.options().dtype(at::kDouble));
+  batch_shape.push_back(2);
+  return {at::empty_like(x), at::empty(x.sizes(), x.options().dtype(at::kInt)),
+          at::empty(batch_shape, x.options().dtype(at::kLong)), gamma};
+}
+
 inline void check_saved_state(const char* op, const at::Tensor& grad, const at::Tensor& x,
                               const at::Tensor& perm, const at::Tensor& blocks,
                               const at::Tensor& gamma) {

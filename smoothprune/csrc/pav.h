@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #define SP_HD __host__ __device__
@@ -30,6 +31,10 @@
 #endif
 
 namespace smoothprune {
+
+// Keys (x or |x|) are stored in float64 for float64 inputs, in float32 otherwise.
+template <typename scalar_t>
+using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
 
 enum class PKind { kTwo, kFourThirds, kGeneral };
 
@@ -99,6 +104,21 @@ SP_HD inline double psi_slope(double z, const TopkParams& P) {
       if (P.q < 2.0) az = std::max(az, 1e-12 * P.lam);
       return (P.q - 1.0) * ::pow(az, P.q - 2.0);
     }
+  }
+}
+
+// psi~(z) = sign(z)|z|^(q-1), the summand of a block equation, and its slope in z.
+SP_HD inline void psi_tilde(double z, const TopkParams& P, double* value, double* slope) {
+  if (P.kind == PKind::kTwo) {
+    *value = z;
+    *slope = 1.0;
+  } else if (P.kind == PKind::kFourThirds) {
+    *value = z * z * z;
+    *slope = 3.0 * z * z;
+  } else {
+    const double az = ::fabs(z);
+    *value = signed_pow(z, P.q - 1.0);
+    *slope = (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
   }
 }
 
@@ -183,25 +203,16 @@ SP_HD inline double block_value(const S* s, int64_t a, int64_t b, int64_t k, con
   auto block_equation = [&](double g, double* df) {
     double f = 0.0, d = 0.0;
     for (int64_t i = a; i < b; ++i) {
-      const double z = s[i] - g;
-      if (P.kind == PKind::kFourThirds) {
-        f += z * z * z;
-        d += 3.0 * z * z;
-      } else {
-        const double az = ::fabs(z);
-        f += signed_pow(z, P.q - 1.0);
-        d += (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
-      }
+      double value, slope;
+      psi_tilde(s[i] - g, P, &value, &slope);
+      f += value;
+      d += slope;
     }
     f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
     *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
     return f;
   };
-  double smax = s[a], smin = s[a];
-  for (int64_t i = a; i < b; ++i) {
-    smax = std::max(smax, static_cast<double>(s[i]));
-    smin = std::min(smin, static_cast<double>(s[i]));
-  }
+  const double smax = s[a], smin = s[b - 1];  // s is sorted in descending order
   const double lo = P.magnitude ? 0.0 : smin - P.lam;
   const double hi = smax;
   if (P.kind == PKind::kFourThirds) {
@@ -305,10 +316,10 @@ SP_HD inline void find_block_general(const S* s, int64_t n, int64_t k, const Top
     membership(g, &a, &b);
     double f = 0.0, d = 0.0;
     for (int64_t i = a; i < b; ++i) {
-      const double z = s[i] - g;
-      const double az = ::fabs(z);
-      f += signed_pow(z, P.q - 1.0);
-      d += (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
+      double value, slope;
+      psi_tilde(s[i] - g, P, &value, &slope);
+      f += value;
+      d += slope;
     }
     const double W = static_cast<double>(k - a);
     f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);

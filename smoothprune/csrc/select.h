@@ -30,7 +30,8 @@ struct KthPair {
   Key tk1;  // (k+1)-th largest
 };
 
-// Keeps the `m` largest keys (descending) of key[0..n) in buf; returns buf[m-1] and buf[m-2].
+// Leaves in buf the `m` best keys of key[0..n), best first (`better`: std::greater keeps the
+// largest, std::less the smallest).
 template <typename Key, typename Better>
 void keep_best(const Key* key, int64_t n, int64_t m, std::vector<Key>& buf, Better better) {
   buf.assign(key, key + m);

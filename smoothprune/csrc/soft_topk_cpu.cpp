@@ -32,22 +32,8 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 template <typename scalar_t>
-using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-
-template <typename scalar_t>
 using KeyInt = std::conditional_t<std::is_same<scalar_t, double>::value, uint64_t, uint32_t>;
 
-// Solves one row at a time, reusing its scratch buffers across the rows of a thread.
-//
-// Selection instead of sorting (DESIGN.md section 2): t_k and t_{k+1}, the k-th and (k+1)-th
-// largest keys, come from an O(n) selection (select.h). The pooled block's value lies in
-// [val(t_k), t_{k+1}], so every key >= hi = val^{-1}(t_{k+1}) is a kept singleton and every
-// key <= lo = val(t_k) a pruned singleton; only the window (lo, hi) is sorted and solved. If the
-// block found in the window reaches a window edge and PAV would pool across it (possible only
-// through rounding at the bounds) the row is solved again by a full sort.
-//
-// Either way `perm` is laid out as [kept singletons | pooled block (sorted) | pruned], which is
-// all the backward needs.
 // Scratch buffers of one thread, reused across rows and across calls: allocating (and page-
 // faulting) fresh row-sized buffers on every call costs as much as the work on rows of a few
 // thousand entries. Buffers only grow; rows longer than kKeep give them back after the call.
@@ -76,6 +62,17 @@ RowScratch<scalar_t>& thread_scratch() {
   return scratch;
 }
 
+// Solves one row at a time, reusing its scratch buffers across the rows of a thread.
+//
+// Selection instead of sorting (DESIGN.md section 2): t_k and t_{k+1}, the k-th and (k+1)-th
+// largest keys, come from an O(n) selection (select.h). The pooled block's value lies in
+// [val(t_k), t_{k+1}], so every key >= hi = val^{-1}(t_{k+1}) is a kept singleton and every
+// key <= lo = val(t_k) a pruned singleton; only the window (lo, hi) is sorted and solved. If the
+// block found in the window reaches a window edge and PAV would pool across it (possible only
+// through rounding at the bounds) the row is solved again by a full sort.
+//
+// Either way `perm` is laid out as [kept singletons | pooled block (sorted) | pruned], which is
+// all the backward needs.
 template <typename scalar_t>
 class RowSolver {
  public:
@@ -106,12 +103,10 @@ class RowSolver {
       *gamma = kNaN;
       return;
     }
-    mn_ = mn;
-    mx_ = mx;
     BoundaryBlock blk{k_, k_, 0.0};
     if (k_ == 0 || k_ == n_) {
       for (int64_t i = 0; i < n_; ++i) perm[i] = static_cast<int32_t>(i);
-    } else if (full_sort_ || !solve_by_selection(perm, &blk)) {
+    } else if (full_sort_ || !solve_by_selection(perm, mn, mx, &blk)) {
       solve_by_full_sort(perm, &blk);
     }
     blocks[0] = blk.a;
@@ -130,8 +125,9 @@ class RowSolver {
     return v + P_.lam * std::pow(std::max(v, 0.0), P_.p - 1.0);
   }
 
-  bool solve_by_selection(int32_t* perm, BoundaryBlock* blk) {
-    const auto [tk, tk1] = select_kth_pair(key_.data(), n_, k_, mn_, mx_, select_ws_);
+  // mn and mx: the row's smallest and largest key.
+  bool solve_by_selection(int32_t* perm, Key mn, Key mx, BoundaryBlock* blk) {
+    const auto [tk, tk1] = select_kth_pair(key_.data(), n_, k_, mn, mx, select_ws_);
     const double lo = singleton_value(static_cast<double>(tk), true, P_);
     if (!(lo < static_cast<double>(tk1))) {
       // Nothing pools: the hard top-k, ties at t_k taken in index order (as a stable sort does).
@@ -177,7 +173,7 @@ class RowSolver {
     // of the row's scale): within it, the full sort settles the tie exactly as a whole-row PAV
     // does, so the selection never changes a result by even one bit.
     const double g = local.a < local.b ? local.gamma : NAN;
-    const double margin = 1e-9 * std::max(std::abs(static_cast<double>(mn_)), std::abs(static_cast<double>(mx_)));
+    const double margin = 1e-9 * std::max(std::abs(static_cast<double>(mn)), std::abs(static_cast<double>(mx)));
     if (local.a == 0 && n_above > 0 && !(singleton_value(above_min, true, P_) >= g + margin)) return false;
     if (local.b == m && n_below > 0 && !(below_max <= g - margin)) return false;
     *blk = {n_above + local.a, n_above + local.b, local.gamma};
@@ -224,7 +220,6 @@ class RowSolver {
   const int64_t n_, k_;
   const TopkParams P_;
   const bool full_sort_;
-  Key mn_ = 0, mx_ = 0;
   std::vector<Key>& key_;
   SelectWorkspace<Key>& select_ws_;
   std::vector<int32_t>& window_;
@@ -320,15 +315,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cpu
     bool debias, bool full_sort) {
   const auto args = check_soft_topk_args("soft_topk_forward", x, k, lam, p);
   const at::Tensor xc = x.contiguous();
-  const int64_t n = xc.dim() == 0 ? 1 : xc.size(-1);
+  const int64_t n = xc.size(-1);  // x has >= 1 dim (checked)
   const int64_t rows = n == 0 ? 0 : xc.numel() / n;
-  at::Tensor y = at::empty_like(xc);
-  at::Tensor perm = at::empty(xc.sizes(), xc.options().dtype(at::kInt));
-  auto batch_shape = xc.sizes().vec();
-  if (!batch_shape.empty()) batch_shape.pop_back();
-  at::Tensor gamma = at::empty(batch_shape, xc.options().dtype(at::kDouble));
-  batch_shape.push_back(2);
-  at::Tensor blocks = at::empty(batch_shape, xc.options().dtype(at::kLong));
+  const ForwardOutputs out = empty_forward_outputs(xc);
+  const at::Tensor &y = out.y, &perm = out.perm, &blocks = out.blocks, &gamma = out.gamma;
   const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_forward", [&] {
     forward_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
@@ -349,7 +339,7 @@ at::Tensor soft_topk_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
   const at::Tensor permc = perm.contiguous();
   const at::Tensor blocksc = blocks.contiguous();
   const at::Tensor gammac = gamma.contiguous();
-  const int64_t n = xc.dim() == 0 ? 1 : xc.size(-1);
+  const int64_t n = xc.size(-1);  // x has >= 1 dim (checked)
   const int64_t rows = n == 0 ? 0 : xc.numel() / n;
   at::Tensor gx = at::empty_like(xc);
   const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);

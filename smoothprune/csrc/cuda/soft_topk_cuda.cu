@@ -47,9 +47,6 @@ constexpr int64_t kLongRow = 2048;
 // torch sorts rows up to this length by a bitonic sort in shared memory, faster than cub there.
 constexpr int64_t kBitonicSortRow = 4096;
 
-template <typename scalar_t>
-using KeyFloat = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-
 // Grid-stride launch size for `total` elements.
 inline int blocks_for(int64_t total) {
   const int64_t wanted = (total + kThreads - 1) / kThreads;
@@ -111,21 +108,6 @@ __device__ inline void block_sum2(double* v0, double* v1) {
   }
   *v0 = a;
   *v1 = b;
-}
-
-// psi~(z) = sign(z)|z|^(q-1) and its derivative in z, the summands of the block equation.
-__device__ inline void psi_tilde(double z, const TopkParams& P, double* value, double* slope) {
-  if (P.kind == PKind::kTwo) {
-    *value = z;
-    *slope = 1.0;
-  } else if (P.kind == PKind::kFourThirds) {
-    *value = z * z * z;
-    *slope = 3.0 * z * z;
-  } else {
-    const double az = ::fabs(z);
-    *value = signed_pow(z, P.q - 1.0);
-    *slope = (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
-  }
 }
 
 template <typename key_t>
@@ -389,13 +371,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cud
   const at::Tensor xc = x.contiguous();
   const int64_t n = xc.size(-1);
   const int64_t rows = n == 0 ? 0 : xc.numel() / n;
-  at::Tensor y = at::empty_like(xc);
-  at::Tensor perm = at::empty(xc.sizes(), xc.options().dtype(at::kInt));
-  auto batch_shape = xc.sizes().vec();
-  batch_shape.pop_back();
-  at::Tensor gamma = at::empty(batch_shape, xc.options().dtype(at::kDouble));
-  batch_shape.push_back(2);
-  at::Tensor blocks = at::empty(batch_shape, xc.options().dtype(at::kLong));
+  const ForwardOutputs out = empty_forward_outputs(xc);
+  const at::Tensor &y = out.y, &perm = out.perm, &blocks = out.blocks, &gamma = out.gamma;
   if (rows == 0) return {y, perm, blocks, gamma};
   const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);
   const auto stream = c10::cuda::getCurrentCUDAStream();
