@@ -1,5 +1,5 @@
 # smoothprune developer entry points. Two commands set up a fresh machine and run everything:
-#   make demo   -- build the venv + extension, run the demo
+#   make demo   -- build the venv + extension, run the MLP-pruning recipe (5 arms x 3 seeds) and report
 #   make test   -- build the venv + extension, run the whole test suite
 #
 # The torch venv is large (~4.4 GB), so it is built once per set of pins in a cache outside the
@@ -12,6 +12,8 @@ VENV_DIR    := $(VENV_CACHE)/torch-$(PIN_HASH)
 VENV        := .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
+
+SHELL       := /bin/bash
 
 .PHONY: all venv build demo test bench clean distclean
 
@@ -34,8 +36,18 @@ build: venv
 	$(VENV)/bin/pip install --quiet --no-build-isolation --no-deps -e .
 	$(PY) -c "import smoothprune; print('smoothprune', smoothprune.__version__, 'built with', smoothprune._native.build_info())"
 
+# The main demo: the paper's MLP-pruning comparison on the embedded MNIST digits, every arm and
+# seed in one Hydra multirun, then the table, the plot and the sparse checkpoints of the sweep.
+DEMO_ARMS   ?= none,hard,smooth_p2,smooth_p43,ste,smooth_p2_lam1e-2,smooth_p43_lam1e-2
+DEMO_SEEDS  ?= 0,1,2
+DEMO_ARGS   ?=
 demo: build
-	$(PY) -m smoothprune.demo
+	@dir="results/mlp_prune/$$(date +%Y-%m-%d_%H-%M-%S)"; \
+	echo "== MLP pruning: arms $(DEMO_ARMS), seeds $(DEMO_SEEDS) -> $$dir"; \
+	$(PY) -W ignore::FutureWarning recipes/train.py -m experiment=mlp_prune pruning=$(DEMO_ARMS) \
+		seed=$(DEMO_SEEDS) trainer.enable_progress_bar=false hydra.sweep.dir="$$dir" $(DEMO_ARGS) && \
+	$(PY) recipes/report.py "$$dir" && \
+	echo "sparse checkpoints: $$dir/*/model.safetensors (inspect: .venv/bin/smoothprune inspect FILE)"
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)

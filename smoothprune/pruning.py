@@ -26,7 +26,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from smoothprune.nn.parametrizations import METHODS, PARAMETRIZATIONS, TopKMagParametrization
-from smoothprune.ops._checks import ALGORITHMS
+from smoothprune.ops._checks import ALGORITHMS, check_positive
 
 SCOPES = ("layer", "global", "row", "nm")
 PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -54,12 +54,6 @@ def check_sparsity(fn: str, sparsity) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"{fn}: expected sparsity to be a float in [0, 1], got {sparsity!r}")
     return float(sparsity)
-
-
-def check_positive(fn: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
-        raise ValueError(f"{fn}: expected {name} to be a finite float > 0, got {value!r}")
-    return float(value)
 
 
 def check_algorithm_name(fn: str, algorithm) -> None:

@@ -6,12 +6,13 @@ import pytest
 
 import smoothprune.export
 import smoothprune.nn.loss
+import smoothprune.nn.router
 import smoothprune.ops.hard_topk
 import smoothprune.ops.loss
 import smoothprune.ops.soft_topk
 import smoothprune.pruning
 
-MODULES = [smoothprune.export, smoothprune.nn.loss, smoothprune.ops.hard_topk, smoothprune.ops.loss,
+MODULES = [smoothprune.export, smoothprune.nn.loss, smoothprune.nn.router, smoothprune.ops.hard_topk, smoothprune.ops.loss,
            smoothprune.ops.soft_topk, smoothprune.pruning]
 
 

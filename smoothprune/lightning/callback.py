@@ -10,9 +10,9 @@ Lifecycle:
   each update      (every ``frequency`` optimizer steps, or epochs) writes the schedules'
                    values into the parametrizations' buffers in place and, for global scope,
                    re-allocates the budget across tensors;
-  logging          target sparsity and lam at every update; the hardened sparsity (total and
-                   per tensor) and the relative distance between the smooth and hardened
-                   weights every ``log_every_n_steps`` and at the end of each epoch;
+  logging          target sparsity and lam, the hardened sparsity (total and per tensor) and
+                   the relative distance between the smooth and hardened weights, every
+                   ``log_every_n_steps`` and at the end of each epoch;
   train end        hardens the model (``make_pruning_permanent``) and writes the compact sparse
                    file (``export_path``, rank zero).
 
@@ -174,13 +174,14 @@ class SmoothPruningImpl:
             self._update(pl_module, trainer.current_epoch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.log("pruning/target_sparsity", self.current_sparsity, on_step=True, on_epoch=False)
-        pl_module.log("pruning/lam", self.current_lam, on_step=True, on_epoch=False)
+        # only as often as loggers write (Lightning's `log` costs ~0.1 ms a call: a tiny model's step)
         every = max(int(getattr(trainer, "log_every_n_steps", 50) or 50), 1)
         if trainer.global_step % every == 0:
+            self._log_schedules(pl_module, on_step=True)
             self._log_hardened(pl_module, on_step=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._log_schedules(pl_module, on_step=False)
         report = self._log_hardened(pl_module, on_step=False)
         if self.verbose and trainer.is_global_zero and report:
             log.info("SmoothPruning: epoch %d, target sparsity %.4f, lam %.3g, hardened sparsity %.4f, "
@@ -237,6 +238,11 @@ class SmoothPruningImpl:
         if lam != self.current_lam:
             set_lam_(pl_module, lam)
         self.current_sparsity, self.current_lam = sparsity, lam
+
+    def _log_schedules(self, pl_module, on_step: bool) -> None:
+        kw = dict(on_step=on_step, on_epoch=not on_step)
+        pl_module.log("pruning/target_sparsity", self.current_sparsity, **kw)
+        pl_module.log("pruning/lam", self.current_lam, **kw)
 
     def _log_hardened(self, pl_module, on_step: bool):
         report = sparsity_report(pl_module)

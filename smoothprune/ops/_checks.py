@@ -65,6 +65,13 @@ def check_lam(fn: str, lam):
     return lam
 
 
+def check_positive(fn: str, name: str, value) -> float:
+    """A finite real number > 0 (a Python scalar, not a tensor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise ValueError(f"{fn}: expected {name} to be a finite float > 0, got {value!r}")
+    return float(value)
+
+
 def check_p(fn: str, p) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise ValueError(f"{fn}: expected p to be a float > 1, got {p!r}")

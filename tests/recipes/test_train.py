@@ -1,0 +1,166 @@
+"""Each recipe runs for a few steps through `train(cfg)` and through the real Hydra command line;
+bad configurations fail fast naming the key; the report tool turns a sweep into a table and plot."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import smoothprune as sp
+from smoothprune.nn import SparseMoE
+from smoothprune.recipes.train import build, train
+from tests.recipes.conftest import REPO
+
+FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false"]
+SMALL_VIT = ["model.depth=2", "model.embed_dim=48", "model.num_heads=2"]
+
+
+def run(compose_cfg, tmp_path, *overrides):
+    return train(compose_cfg(*overrides, *FAST, f"output_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("pruning", ["none", "hard", "smooth_p2", "smooth_p43", "ste"])
+def test_mlp_prune_recipe(compose_cfg, tmp_path, pruning):
+    result = run(compose_cfg, tmp_path, "experiment=mlp_prune", f"pruning={pruning}")
+    assert result == json.loads((tmp_path / "result.json").read_text())
+    assert result["arm"] == pruning and result["name"] == "mlp_prune"
+    summary = result["summary"]
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert all(0 <= h["test/acc_top1"] <= h["test/acc_top5"] <= 1 for h in result["history"])
+    assert summary["test_error"] == pytest.approx(1 - summary["test_acc_top1"])
+    assert result["pruned_tensors"] == []  # hardened at the end of training
+    # the exported file is exactly the final (hardened) model
+    state = sp.load_sparse(result["export_path"])
+    fresh = build(compose_cfg("experiment=mlp_prune").model, "model")
+    fresh.load_state_dict(state, strict=True)
+    weights = [state[f"{i}.weight"] for i in (1, 3, 5)]
+    if pruning == "none":
+        assert summary["sparsity"] == 0.0 and "test_error_before_hardening" not in summary
+    else:
+        # exactly: every matrix keeps round(10%) of its entries
+        assert [int((w != 0).sum()) for w in weights] == [2509, 102, 32]
+        assert summary["sparsity"] == 1 - (2509 + 102 + 32) / (784 * 32 + 32 * 32 + 32 * 10)
+        assert 0 <= summary["test_error_before_hardening"] <= 1
+    assert summary["export_bytes"] == os.path.getsize(result["export_path"])
+    assert summary["train_seconds"] > 0 and summary["sec_per_step"] > 0
+
+
+def test_pruned_export_is_much_smaller_than_the_dense_one(compose_cfg, tmp_path):
+    dense = run(compose_cfg, tmp_path / "dense", "experiment=mlp_prune", "pruning=none")
+    smooth = run(compose_cfg, tmp_path / "smooth", "experiment=mlp_prune", "pruning=smooth_p2")
+    assert smooth["summary"]["export_bytes"] < 0.2 * dense["summary"]["export_bytes"]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "topk_p2", "topk_p43"])
+def test_vit_topk_loss_recipe(compose_cfg, tmp_path, loss):
+    result = run(compose_cfg, tmp_path, "experiment=vit_topk_loss", f"loss={loss}", *SMALL_VIT)
+    summary = result["summary"]
+    accs = [summary[f"test_acc_top{k}"] for k in range(1, 6)]
+    assert accs == sorted(accs) and 0 <= accs[0] and accs[-1] <= 1
+    assert result["arm"] == loss and summary["sec_per_step"] > 0
+
+
+@pytest.mark.parametrize("router", ["hard", "smooth_dykstra", "smooth_pav"])
+def test_moe_routing_recipe(compose_cfg, tmp_path, router):
+    result = run(compose_cfg, tmp_path, "experiment=moe_routing", f"router={router}", *SMALL_VIT)
+    summary = result["summary"]
+    assert 0 < summary["token_coverage"] <= 1
+    if router == "hard":
+        assert summary["nnz_per_capacity"] == 1.0
+    else:
+        assert summary["nnz_per_capacity"] >= 1.0
+    assert summary["router_ms_per_step"] > 0 and summary["tokens_per_second"] > 0
+    assert result["config"]["router"]["name"] == router
+
+
+def test_pretrained_vit_weights_load_from_a_local_file(compose_cfg, tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=7, in_chans=1, num_classes=10,
+                               depth=2, embed_dim=48, num_heads=2)
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    cfg = compose_cfg("model=vit_tiny", *SMALL_VIT, f"model.checkpoint={path}")
+    model = build(cfg.model, "model", _convert_="all")
+    for name, value in source.state_dict().items():
+        if not name.startswith("head."):  # timm re-initializes a classifier whose class count differs from its config's
+            torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+    # V-MoE: every expert starts as a copy of the pretrained MLP it replaces (sparse upcycling)
+    cfg = compose_cfg("model=vmoe_tiny", "router=hard", *SMALL_VIT, f"model.checkpoint={path}")
+    moe = build(cfg.model, "model", _convert_="all")
+    layer = moe.blocks[1].mlp
+    assert isinstance(layer, SparseMoE)
+    for e in range(layer.router.num_experts):
+        torch.testing.assert_close(layer.w1[e], source.blocks[1].mlp.fc1.weight.t())
+        torch.testing.assert_close(layer.b2[e], source.blocks[1].mlp.fc2.bias)
+    with pytest.raises(FileNotFoundError, match=r"^model.checkpoint: no such file .*missing.pth"):
+        build(compose_cfg("model=vit_tiny", f"model.checkpoint={tmp_path / 'missing.pth'}").model, "model")
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (["experiment=vit_topk_loss", "loss.fn.k=11"], ValueError,
+     r"^loss.fn.k: expected an int 1 <= k <= data.num_classes=10, got k=11"),
+    (["experiment=mlp_prune", "++trainer.bogus=1"], ValueError, r"^trainer.bogus: not an argument of pytorch_lightning.Trainer"),
+    (["experiment=mlp_prune", "data=mnist", "data.root=/nonexistent/mnist"], FileNotFoundError,
+     r"^data.root: no MNIST files under /nonexistent/mnist/MNIST/raw"),
+    (["experiment=mlp_prune", "pruning.callback.interval=batch"], ValueError,
+     r"^pruning.callback: SmoothPruning: expected interval in \('step', 'epoch'\), got interval='batch'"),
+    (["experiment=mlp_prune", "router=hard"], ValueError, r"^router: router=hard only applies to a mixture-of-experts"),
+    (["experiment=moe_routing", "router=none"], ValueError, r"^model: router: model=vmoe needs a router"),
+    (["experiment=vit_topk_loss", "model.patch_size=5"], ValueError,
+     r"^model.patch_size: expected an int dividing data.image_size=28, got 5"),
+])
+def test_bad_configuration_fails_fast_naming_the_key(compose_cfg, tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        train(compose_cfg(*overrides, f"output_dir={tmp_path}"))
+    assert not (tmp_path / "result.json").exists()
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_sweep_and_report(tmp_path):
+    """The real entry points: a Hydra multirun over arms and seeds, then the report tool."""
+    sweep = tmp_path / "sweep"
+    proc = _cli(os.path.join(REPO, "recipes", "train.py"), "-m", "experiment=mlp_prune", "pruning=none,smooth_p2",
+                "seed=0,1", "++trainer.fast_dev_run=true", "trainer.enable_progress_bar=false",
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(sweep.glob("*/result.json"))
+    assert [p.parent.name for p in results] == ["0_none_seed0", "1_none_seed1", "2_smooth_p2_seed0",
+                                                "3_smooth_p2_seed1"]
+    proc = _cli(os.path.join(REPO, "recipes", "report.py"), str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (sweep / "report.md").read_text()
+    assert "| none | 2 |" in table and "| smooth_p2 | 2 |" in table and " ± " in table
+    assert (sweep / "report.png").stat().st_size > 10_000
+    assert "wrote" in proc.stdout
+
+
+def test_command_line_rejects_an_unknown_group_option(tmp_path):
+    proc = _cli(os.path.join(REPO, "recipes", "train.py"), "experiment=mlp_prune", "pruning=bogus", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'pruning/bogus'" in proc.stderr and "Available options in 'pruning'" in proc.stderr
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_report_errors_name_the_problem(tmp_path):
+    from smoothprune.recipes.report import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert main([str(tmp_path)]) == 2
+
+
+def test_without_hardening_the_run_reports_the_smooth_model(compose_cfg, tmp_path):
+    result = run(compose_cfg, tmp_path, "experiment=mlp_prune", "pruning=smooth_p2",
+                 "pruning.callback.make_pruning_permanent=false")
+    assert "test_error_before_hardening" not in result["summary"]
+    assert result["pruned_tensors"] == ["1.weight", "3.weight", "5.weight"]  # still parametrized
+    state = sp.load_sparse(result["export_path"])  # save_sparse hardens on the way out
+    assert int((state["1.weight"] != 0).sum()) == 2509
