@@ -222,14 +222,35 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
               for qualified, module, name in chosen]  # every check before any change to the model
     label = f"{n_keep}:{m_group}" if scope == "nm" else scope
     for (_, module, name), group in zip(chosen, groups):
+        tensor = getattr(module, name)
         parametrization = PARAMETRIZATIONS[method](
-            getattr(module, name).shape, group, sparsity, lam, p, label,
+            tensor.shape, group, sparsity, lam, p, label,
             algorithm=algorithm, num_iter=num_iter, debias=debias,
-        ).to(getattr(module, name).device)
-        parametrize.register_parametrization(module, name, parametrization)
+        )
+        if tensor.device.type in ("cpu", "cuda"):
+            parametrize.register_parametrization(module, name, parametrization.to(tensor.device))
+        else:
+            _register_off_device(module, name, tensor, parametrization)
     if scope == "global":
         refresh_global_(model)
     return [q for q, _, _ in chosen]
+
+
+def _register_off_device(module, name, tensor, parametrization) -> None:
+    """Registers on a CPU copy, then moves to ``tensor``'s device (XLA).
+
+    `register_parametrization` calls ``original.set_(original)``; on an XLA (functional) tensor
+    that freezes its storage, and every later in-place update (the optimizer step) fails with
+    "cannot mutate tensors with frozen storage". Moving an already parametrized module is fine.
+    The original becomes a new Parameter: build the optimizer after `prune_` (as Lightning does).
+    """
+    host = tensor.detach().cpu()
+    if isinstance(tensor, torch.nn.Parameter):
+        setattr(module, name, torch.nn.Parameter(host, requires_grad=tensor.requires_grad))
+    else:
+        setattr(module, name, host)  # a buffer
+    parametrize.register_parametrization(module, name, parametrization)
+    module.parametrizations[name].to(tensor.device)
 
 
 def _group_size(fn, qualified, shape, scope, n_keep, m_group) -> int:

@@ -231,3 +231,24 @@ def test_any_in_place_change_of_k_or_lam_reaches_the_operator():
     assert torch.equal(param(w), sp.soft_topk_mag(w, 40, lam=0.5, p=2.0))
     param.lam.copy_(torch.tensor(1e-3, dtype=torch.float64))
     assert torch.equal(param(w), sp.soft_topk_mag(w, 40, lam=1e-3, p=2.0))
+
+
+def test_off_device_registration_keeps_values_and_device():
+    """The path prune_ takes for XLA tensors (register on a CPU copy, then move back), run on CPU:
+    same parametrized weight as the direct registration, original on the tensor's device, and an
+    optimizer built afterwards updates it in place."""
+    from smoothprune.pruning import _register_off_device
+
+    torch.manual_seed(0)
+    direct, moved = torch.nn.Linear(20, 6), torch.nn.Linear(20, 6)
+    moved.load_state_dict(direct.state_dict())
+    sp.prune_(direct, 0.75, lam=1e-2)
+    _register_off_device(moved, "weight", moved.weight, SoftTopKMag((6, 20), 120, 0.75, 1e-2, 2.0, "layer"))
+    torch.testing.assert_close(moved.weight, direct.weight, rtol=0, atol=0)
+    original = moved.parametrizations.weight.original
+    assert isinstance(original, torch.nn.Parameter) and original.device == torch.device("cpu")
+    opt = torch.optim.SGD(moved.parameters(), lr=0.1)
+    moved.weight.square().sum().backward()
+    before = original.detach().clone()
+    opt.step()
+    assert not torch.equal(original, before)
