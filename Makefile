@@ -19,8 +19,10 @@ SHELL       := /bin/bash
 
 all: build
 
-# Build the cached venv once; the .complete marker makes an interrupted build start over.
-$(VENV_DIR)/.complete: requirements.lock
+# Build the cached venv once per set of pins: the directory name holds the hash of
+# requirements.lock, so the marker alone says it is built (no dependency on the file's mtime,
+# which is new in every fresh clone). The .complete marker makes an interrupted build start over.
+$(VENV_DIR)/.complete:
 	rm -rf "$(VENV_DIR)"
 	mkdir -p "$(VENV_CACHE)"
 	$(PYTHON) -m venv "$(VENV_DIR)"
