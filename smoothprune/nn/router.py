@@ -210,12 +210,8 @@ class SparseMoE(torch.nn.Module):
         out = self.experts(tokens) * routing.weight.unsqueeze(-1)
         return torch.zeros_like(x).scatter_add(1, flat_index, out.reshape(batch, -1, dim))
 
-    @staticmethod
-    def _one_hot_dispatch(routing: Routing, num_tokens: int, dtype) -> torch.Tensor:
-        return torch.nn.functional.one_hot(routing.index, num_tokens).to(dtype)          # [B, E, C, S]
-
     def _einsum_forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
-        dispatch = self._one_hot_dispatch(routing, x.shape[1], x.dtype)
+        dispatch = torch.nn.functional.one_hot(routing.index, x.shape[1]).to(x.dtype)    # [B, E, C, S]
         tokens = torch.einsum("becs,bsd->becd", dispatch, x)
         combine = dispatch * routing.weight.unsqueeze(-1)
         return torch.einsum("becs,becd->bsd", combine, self.experts(tokens))

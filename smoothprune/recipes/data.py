@@ -50,9 +50,10 @@ class ImageData:
             keep = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))[:max_train_examples]
             train_x, train_y = train_x[keep], train_y[keep]
         self._check(train_x, train_y)
-        mean = train_x.float().mean(dim=(0, 2, 3), keepdim=True)
-        std = train_x.float().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-        self.train_set = TensorDataset((train_x.float() - mean) / std, train_y)
+        train_x = train_x.float()
+        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self.train_set = TensorDataset((train_x - mean) / std, train_y)
         self.test_set = TensorDataset((test_x.float() - mean) / std, test_y)
 
     def load(self):  # pragma: no cover - abstract

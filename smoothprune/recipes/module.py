@@ -12,6 +12,12 @@ import torchmetrics
 from smoothprune.nn.router import SparseMoE
 
 
+def _synchronize(device: torch.device) -> None:
+    """Waits for queued CUDA work, so that wall-clock timings mean something on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Classifier(pl.LightningModule):
     """Trains ``model`` with ``loss_fn``; validation reports top-1..top-k accuracy
     (torchmetrics) and, for a mixture of experts, routing statistics.
@@ -40,14 +46,12 @@ class Classifier(pl.LightningModule):
 
     def _router_start(self, module, args):
         if self.training:
-            if args[0].is_cuda:
-                torch.cuda.synchronize(args[0].device)
+            _synchronize(args[0].device)
             self._router_t0 = time.perf_counter()
 
     def _router_end(self, module, args, output):
         if self.training:
-            if args[0].is_cuda:
-                torch.cuda.synchronize(args[0].device)
+            _synchronize(args[0].device)
             self.router_seconds += time.perf_counter() - self._router_t0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,17 +103,12 @@ class TrainingClock(pl.Callback):
         self.step_seconds: list[float] = []
         self.train_seconds = 0.0
 
-    @staticmethod
-    def _sync(pl_module):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._sync(pl_module)
+        _synchronize(pl_module.device)
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._sync(pl_module)
+        _synchronize(pl_module.device)
         seconds = time.perf_counter() - self._t0
         self.step_seconds.append(seconds)
         self.train_seconds += seconds
