@@ -10,12 +10,15 @@ VENV_CACHE  ?= $(HOME)/.cache/smoothprune/venvs
 PIN_HASH    := $(shell cat requirements.lock | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
 VENV_DIR    := $(VENV_CACHE)/torch-$(PIN_HASH)
 VENV        := .venv
+XLA_HASH    := $(shell cat requirements-xla.lock | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
+XLA_DIR     := $(VENV_CACHE)/xla-$(XLA_HASH)
+VENV_XLA    := .venv-xla
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 SHELL       := /bin/bash
 
-.PHONY: all venv build demo test bench clean distclean
+.PHONY: all venv build demo test bench venv-xla build-xla test-xla clean distclean
 
 all: build
 
@@ -57,8 +60,33 @@ test: build
 bench: build
 	$(PY) benchmarks/bench_ops.py
 
+# The XLA environment (torch_xla on its CPU device): its own cached venv, linked as .venv-xla.
+$(XLA_DIR)/.complete:
+	rm -rf "$(XLA_DIR)"
+	mkdir -p "$(VENV_CACHE)"
+	$(PYTHON) -m venv "$(XLA_DIR)"
+	"$(XLA_DIR)/bin/pip" install --quiet --upgrade "pip>=24"
+	"$(XLA_DIR)/bin/pip" install --quiet -r requirements-xla.lock
+	touch "$@"
+
+venv-xla: $(XLA_DIR)/.complete
+	ln -sfn "$(XLA_DIR)" $(VENV_XLA)
+
+# A regular (non-editable) install built from a copy of the sources: the in-place extension of
+# .venv (built for another torch) has the same file name and must not be picked up or reused.
+build-xla: venv-xla
+	@src="$$(mktemp -d)"; trap 'rm -rf "$$src"' EXIT; \
+	cp -r setup.py pyproject.toml README.md smoothprune "$$src"/ && rm -f "$$src"/smoothprune/*.so && \
+	SMOOTHPRUNE_CUDA=0 $(VENV_XLA)/bin/pip install --quiet --no-build-isolation --no-deps --force-reinstall "$$src"
+	cd / && "$(CURDIR)/$(VENV_XLA)/bin/python" -c "import smoothprune; print('smoothprune', smoothprune.__version__, 'for XLA, built with', smoothprune._native.build_info())"
+
+# The XLA tests: the installed package must win over the repository's sources, so pytest appends
+# (rather than prepends) the repository root to sys.path.
+test-xla: build-xla
+	PJRT_DEVICE=CPU $(VENV_XLA)/bin/pytest --import-mode=append -p no:cacheprovider tests/xla $(PYTEST_ARGS)
+
 clean:
 	rm -rf build *.egg-info smoothprune/*.so .pytest_cache .hypothesis
 
 distclean: clean
-	rm -f $(VENV)
+	rm -f $(VENV) $(VENV_XLA)

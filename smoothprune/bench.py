@@ -97,8 +97,8 @@ def _operators(k: int):
         "mask p=2": lambda t: sp.soft_topk_mask(t, k, lam=LAM, p=2),
         "mask p=4/3": lambda t: sp.soft_topk_mask(t, k, lam=LAM, p=4 / 3),
         "full-sort PAV mag p=2": lambda t: _full_sort_pav(t, k, 2.0),
-        "Dykstra mag 10 it.": lambda t: dykstra_soft_topk(t, k, LAM, True, True, 10),
-        "Dykstra mag 100 it.": lambda t: dykstra_soft_topk(t, k, LAM, True, True, 100),
+        "Dykstra mag 10 it.": lambda t: dykstra_soft_topk(t, k, LAM, 2.0, True, True, 10),
+        "Dykstra mag 100 it.": lambda t: dykstra_soft_topk(t, k, LAM, 2.0, True, True, 100),
     }
     try:  # torchsort (PAV-based soft sort, Blondel et al. 2020) when installed
         import torchsort

@@ -1,9 +1,13 @@
+import importlib.util
 import os
 
 import hypothesis
 import numpy as np
 import pytest
 import torch
+
+# tests/xla runs in its own environment (`make test-xla`); without torch_xla there is nothing to run.
+collect_ignore = [] if importlib.util.find_spec("torch_xla") else ["xla"]
 
 hypothesis.settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
 hypothesis.settings.register_profile("dev", max_examples=200, deadline=None)

@@ -78,17 +78,17 @@ class TopKMagParametrization(torch.nn.Module):
     # -- in-place updates (no new tensors: compiled graphs and optimizers stay valid) -----------
     @torch.no_grad()
     def set_sparsity(self, sparsity: float) -> None:
-        self.sparsity.fill_(float(sparsity))
-        self.k.fill_(kept_per_group(sparsity, self.group_size))
+        _assign(self.sparsity, float(sparsity))
+        _assign(self.k, kept_per_group(sparsity, self.group_size))
 
     @torch.no_grad()
     def set_k(self, k: int) -> None:
         """Sets the kept count directly (global scope allocates it across tensors)."""
-        self.k.fill_(int(k))
+        _assign(self.k, int(k))
 
     @torch.no_grad()
     def set_lam(self, lam: float) -> None:
-        self.lam.fill_(float(lam))
+        _assign(self.lam, float(lam))
 
     # -- computation ---------------------------------------------------------------------------
     def _scalars(self):
@@ -122,6 +122,19 @@ class TopKMagParametrization(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "
                 f"sparsity={float(self.sparsity):.4g}, lam={float(self.lam):.3g}, p={self.p:.4g}")
+
+
+def _assign(buffer: torch.Tensor, value) -> None:
+    """Writes a Python number into a 0-d buffer without changing any compiled graph.
+
+    On XLA, ``fill_`` with a Python number would bake the value into the graph as a constant
+    (a new graph, so a recompilation, for every new value); copying from a host tensor makes it
+    device data, an input of the graph.
+    """
+    if buffer.device.type in ("cpu", "cuda"):
+        buffer.fill_(value)
+    else:
+        buffer.copy_(torch.tensor(value, dtype=buffer.dtype))
 
 
 class SoftTopKMag(TopKMagParametrization):

@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from smoothprune.ops.dykstra import dykstra_q
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ALGORITHMS = ("auto", "pav", "dykstra")
 
@@ -86,8 +88,8 @@ def check_algorithm(fn: str, algorithm, p: float, num_iter, device: torch.device
     if algorithm == "auto":
         algorithm = "dykstra" if device.type == "xla" else "pav"
     if algorithm == "dykstra":
-        if p != 2.0:
-            raise ValueError(f"{fn}: algorithm='dykstra' supports p=2 only, got p={p}")
+        if dykstra_q(p) is None:
+            raise ValueError(f"{fn}: algorithm='dykstra' supports p=2 and p=4/3 only, got p={p}")
         if num_iter is not None and (
             isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1
         ):

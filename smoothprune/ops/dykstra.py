@@ -1,137 +1,249 @@
-"""Approximate sparse smooth top-k for p = 2 by Dykstra's algorithm, in pure tensor ops.
+"""Approximate sparse smooth top-k by Dykstra's algorithm (block coordinate ascent on the dual).
 
 This is the accelerator path (XLA/TPU, and anywhere a native kernel is missing): every shape is
 static, the iteration count is fixed, nothing synchronises with the host and no Python control
-flow depends on data. Rows are batched along the leading dimensions.
+flow depends on data. Rows are batched along the leading dimensions. On XLA devices the
+iterations run as one compiled loop (an XLA ``While`` through ``torch_xla``'s ``scan``), so the
+graph does not grow with ``num_iter``.
 
-After sorting, the isotonic problem of DESIGN.md section 2 is a (weighted) projection onto the
-monotone cone C1 ∩ C2, C1 = {v0 >= v1, v2 >= v3, ...}, C2 = {v1 >= v2, v3 >= v4, ...}. Projecting
-onto C1 or C2 pools each violating pair to its weighted mean; Dykstra alternates the two with
-correction terms. Mask: targets s - lam w, unit weights. Magnitude: targets s / u, weights
-u = 1 + lam w.
+The math (DESIGN.md section 2; paper section 5). After sorting, the operator is the isotonic
+problem ``min sum_i h_i(v_i)  s.t.  v_0 >= v_1 >= ... >= v_{n-1}``. Give the constraint
+``v_j >= v_{j+1}`` a multiplier ``mu_j >= 0``; for fixed ``mu`` the primal separates and element
+``i`` carries the load ``c_i = mu_i - mu_{i-1}`` (``mu_{-1} = mu_{n-1} = 0``): ``h_i'(v_i) = c_i``.
+Each ``mu_j`` couples only the pair ``(j, j+1)``, so the even multipliers (pairs (0,1), (2,3), ...)
+can all be maximized at once with the odd ones fixed, and vice versa. One pair's subproblem has a
+closed form: keep ``mu_j = 0`` when the pair's free values are ordered, else pool the pair to the
+common value ``gamma`` with ``h_j'(gamma) + h_{j+1}'(gamma)`` = the pair's outside load. Alternating
+the two halves is block coordinate ascent on the dual; for p = 2 (quadratic ``h``) it is exactly
+Dykstra's alternating projections onto C1 = {v0 >= v1, v2 >= v3, ...} and C2 = {v1 >= v2, ...}
+(the tests check the iterates agree), and the same scheme extends to p = 4/3, where each pooled
+pair solves a cubic in closed form.
+
+Units: everything is scaled by lam (``z~ = (s - v) / lam``), so that with ``q = p / (p - 1)``
+``h_i'`` reads ``-z~^(q-1) + w_i * (1 for the mask, v for the magnitude)`` and the output is
+``y = z~^(q-1)`` (plus ``lam z~`` when the magnitude is de-biased): all quantities are O(1) at any
+lam, and an element no constraint touches gets its singleton output in closed form, with no
+``s - v`` cancellation.
 
 The backward is the closed-form block Jacobian of the exact solver (not autograd through the
 iterations). With w = 1_k the exact solution has at most one pooled block, around the junction
-k-1 | k; its value is read off the final iterate (the mean of v[k-1] and v[k]) and membership
-follows the exact rule: i < k joins iff its singleton value is below it, i >= k iff s_i is above.
+k-1 | k; its value is read off the final iterate (the mean of v[k-1] and v[k], computed in lam
+units) and membership follows the exact rule: i < k joins iff its singleton value is below it,
+i >= k iff s_i is above.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from smoothprune.ops._scalars import as_scalar_tensor
 
 
-def _pool_pairs(v: torch.Tensor, u: torch.Tensor, offset: int) -> torch.Tensor:
-    """Projection onto {v[offset] >= v[offset+1], v[offset+2] >= v[offset+3], ...} (weights u)."""
-    n = v.shape[-1]
+
+def dykstra_q(p: float):
+    """``q = p / (p - 1)`` for the exponents with a closed-form pair update (p = 2 -> 2,
+    p = 4/3 -> 4), else None."""
+    for p_closed, q in ((2.0, 2), (4.0 / 3.0, 4)):
+        if abs(p - p_closed) < 1e-12:
+            return q
+    return None
+
+
+def _cbrt(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * x.abs().pow(1.0 / 3.0)
+
+
+def cubic_root(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """The real root of ``t^3 + P t + Q = 0`` for ``P >= 0`` (the only real one), element-wise.
+
+    Rescaled so that no power overflows, and written as ``-Q / (A^2 + P/3 + B^2)`` (Cardano's
+    ``A - B`` without its cancellation when ``|Q| << P^(3/2)``), like the native solver.
+    """
+    scale = torch.maximum(P.sqrt(), Q.abs().pow(1.0 / 3.0))
+    positive = scale > 0
+    scale = torch.where(positive, scale, torch.ones_like(scale))
+    Pn = P / (scale * scale)
+    Qn = Q / (scale * scale * scale)
+    D = (0.25 * Qn * Qn + Pn * Pn * Pn / 27.0).sqrt()
+    A = (0.5 * Qn.abs() + D).pow(1.0 / 3.0)
+    B = Pn / (3.0 * A)
+    return torch.where(positive, scale * (-Qn / (A * A + Pn / 3.0 + B * B)), torch.zeros_like(scale))
+
+
+def free_z(load, s, w, lam, q: int, magnitude: bool):
+    """``z~ = (s - v) / lam`` of elements whose value solves ``h'(v) = load`` on their own."""
+    if q == 2:
+        return (w * s - load) / (1.0 + lam * w) if magnitude else w - load
+    if magnitude:  # z~^3 + lam w z~ + (load - w s) = 0
+        return cubic_root(lam * w, load - w * s)
+    return _cbrt(w - load)
+
+
+def _pairs(t: torch.Tensor, offset: int, m: int):
+    """The two halves of the pairs (offset, offset+1), (offset+2, offset+3), ... of ``t``."""
+    pairs = t[..., offset : offset + 2 * m].unflatten(-1, (m, 2))
+    return pairs[..., 0], pairs[..., 1]
+
+
+def _half_pass(mu, s, w, lam, q: int, magnitude: bool, offset: int):
+    """Maximizes the dual over the multipliers of the pairs starting at ``offset`` (0 or 1).
+
+    ``mu`` holds the n + 1 multipliers padded with zeros: ``mu[..., i] = mu_{i-1}``.
+    """
+    n = s.shape[-1]
     m = (n - offset) // 2
     if m == 0:
-        return v
-    head, body, tail = v[..., :offset], v[..., offset : offset + 2 * m], v[..., offset + 2 * m :]
-    ub = u[..., offset : offset + 2 * m]
-    pairs = body.unflatten(-1, (m, 2))
-    w = ub.unflatten(-1, (m, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    wa, wb = w[..., 0], w[..., 1]
-    mean = (wa * a + wb * b) / (wa + wb)
-    violated = a < b
-    a = torch.where(violated, mean, a)
-    b = torch.where(violated, mean, b)
-    body = torch.stack((a, b), dim=-1).flatten(-2)
+        return mu
+    s_a, s_b = _pairs(s, offset, m)
+    w_a, w_b = _pairs(w, offset, m)
+    mu_left, _ = _pairs(mu, offset, m)  # mu_{j-1}
+    _, mu_right = _pairs(mu, offset + 1, m)  # (mu_j, replaced below), mu_{j+1}
+    load_a, load_b = -mu_left, mu_right  # each element's load without mu_j
+    d = (s_a - s_b) / (2.0 * lam)  # (s_a - s_b) / 2 in lam units
+    free_a = free_z(load_a, s_a, w_a, lam, q, magnitude)
+    free_b = free_z(load_b, s_b, w_b, lam, q, magnitude)
+    violated = 2.0 * d < free_a - free_b  # v_a < v_b when mu_j = 0
+    # Pool the pair: gamma = mid + lam t, with mid the pair's mean of s, solves
+    # h_a'(gamma) + h_b'(gamma) = load_a + load_b.
+    W, E, mid = w_a + w_b, load_a + load_b, 0.5 * (s_a + s_b)
+    if q == 2:
+        t = (E - W * mid) / (2.0 + lam * W) if magnitude else 0.5 * (E - W)
+    elif magnitude:
+        t = cubic_root(3.0 * d * d + 0.5 * lam * W, 0.5 * (W * mid - E))
+    else:
+        t = cubic_root(3.0 * d * d, 0.5 * (W - E))
+    # The new multiplier from either element: mu_j = h_a'(gamma) - load_a = load_b - h_b'(gamma).
+    # At the junction (w_b = 0) b's form has no linear term to cancel against z~^(q-1), so it
+    # keeps full relative precision when mu_j is tiny (a's form loses it in float32).
+    linear = mid + lam * t if magnitude else 1.0  # the w term of h'(gamma)
+    z_a, z_b = d - t, -d - t  # z~ of the pooled elements
+    if q == 2:
+        mu_a = -z_a + w_a * linear - load_a
+        mu_b = load_b + z_b - w_b * linear
+    else:
+        mu_a = -z_a * z_a * z_a + w_a * linear - load_a
+        mu_b = load_b + z_b * z_b * z_b - w_b * linear
+    new_mu = torch.where(violated, torch.where(w_b > 0, mu_a, mu_b).clamp(min=0.0), torch.zeros_like(d))
+    head = mu[..., : offset + 1]
+    tail = mu[..., offset + 1 + 2 * m :]
+    body = torch.stack((new_mu, mu_right), dim=-1).flatten(-2)
     return torch.cat((head, body, tail), dim=-1)
 
 
-def isotonic_dykstra(target: torch.Tensor, weight: torch.Tensor, num_iter: int) -> torch.Tensor:
-    """Approximately solves min sum_i weight_i (v_i - target_i)^2 s.t. v non-increasing."""
-    v = target
-    p = torch.zeros_like(target)
-    q = torch.zeros_like(target)
+def dual_ascent(s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
+    """``num_iter`` sweeps (even pairs, then odd pairs); returns the padded multipliers."""
+    mu = s.new_zeros((*s.shape[:-1], s.shape[-1] + 1))
+    if s.device.type == "xla":
+        return _xla_loop(mu, s, w, lam, q, magnitude, num_iter)
     for _ in range(num_iter):
-        y = _pool_pairs(v + p, weight, 0)
-        p = v + p - y
-        v = _pool_pairs(y + q, weight, 1)
-        q = y + q - v
-    return v
+        mu = _half_pass(mu, s, w, lam, q, magnitude, 0)
+        mu = _half_pass(mu, s, w, lam, q, magnitude, 1)
+    return mu
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_sweep(q: int, magnitude: bool):
+    """One sweep as a pure function of tensors, the body of torch_xla's scan (cached per variant,
+    so that scan's tracing cache hits)."""
+
+    def sweep(carry, _):
+        mu, s, w, lam = carry
+        mu = _half_pass(mu, s, w, lam, q, magnitude, 0)
+        mu = _half_pass(mu, s, w, lam, q, magnitude, 1)
+        # scan stacks one output per iteration; a 0-d one derived from the carry is the cheapest
+        # it accepts (it traces a backward, so outputs must depend on the carry).
+        return (mu, s, w, lam), lam * 0.0
+
+    return sweep
+
+
+def _xla_loop(mu, s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
+    from torch_xla.experimental.scan import scan  # only on XLA devices
+
+    steps = torch.zeros(num_iter, dtype=s.dtype, device=s.device)
+    (mu, *_), _ = scan(_xla_sweep(q, magnitude), (mu, s, w, lam), steps, is_fn_pure=True)
+    return mu
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-
-
 class _DykstraSoftTopk(torch.autograd.Function):
     @staticmethod
-    def forward(x, k, lam, magnitude, debias, num_iter):
+    def forward(x, k, lam, q, magnitude, debias, num_iter):
         ct = _compute_dtype(x.dtype)
         xc = x.to(ct)
         key = xc.abs() if magnitude else xc
         s, perm = torch.sort(key, dim=-1, descending=True, stable=True)
         n = s.shape[-1]
         lam_c = lam.to(ct)
-        w = (torch.arange(n, device=x.device) < k).to(ct)  # w = 1_k
+        w = (torch.arange(n, device=x.device) < k).to(ct).expand_as(s)  # w = 1_k
+        mu = dual_ascent(s, w, lam_c, q, magnitude, num_iter)
+        z = free_z(mu[..., 1:] - mu[..., :-1], s, w, lam_c, q, magnitude)  # final loads
         if magnitude:
-            u = 1.0 + lam_c * w
-            v = isotonic_dykstra(s / u, u, num_iter)
-            z = torch.minimum((s - v).clamp(min=0), s)  # exact solution: 0 <= v <= s
-            y_sorted = z / lam_c + (z if debias else 0.0)
+            z = torch.minimum(z.clamp(min=0.0), s / lam_c)  # exact solution: 0 <= v <= s
+            y_sorted = z.pow(q - 1) + (lam_c * z if debias else 0.0)
         else:
-            v = isotonic_dykstra(s - lam_c * w, torch.ones_like(s), num_iter)
-            y_sorted = ((s - v) / lam_c).clamp(0.0, 1.0)  # exact solution lies in [0, 1]
+            y_sorted = z.pow(q - 1).clamp(0.0, 1.0)  # exact solution lies in [0, 1]
         y = torch.zeros_like(y_sorted).scatter(-1, perm, y_sorted)
         if magnitude:
             y = torch.where(xc < 0, -y, y)
-        return y.to(x.dtype), s, perm, v
+        return y.to(x.dtype), s, perm, z
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, k, lam, magnitude, debias, _ = inputs
-        _, s, perm, v = output
+        x, k, lam, q, magnitude, debias, _ = inputs
+        _, s, perm, z = output
         ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(x, s, perm, v, k, lam)
-        ctx.magnitude, ctx.debias = magnitude, debias
+        ctx.save_for_backward(x, s, perm, z, k, lam)
+        ctx.q, ctx.magnitude, ctx.debias = q, magnitude, debias
 
     @staticmethod
     def backward(ctx, grad_y, *_):
-        x, s, perm, v, k, lam = ctx.saved_tensors
+        x, s, perm, z_final, k, lam = ctx.saved_tensors
+        q, magnitude = ctx.q, ctx.magnitude
         ct = s.dtype
         lam = lam.to(ct)
         n = s.shape[-1]
-        positions = torch.arange(n, device=s.device)
-        kept = positions < k
-        sign = torch.where(x.to(ct) < 0, -1.0, 1.0) if ctx.magnitude else None
-        g = grad_y.to(ct) * sign if ctx.magnitude else grad_y.to(ct)
+        kept = torch.arange(n, device=s.device) < k
+        w = kept.to(ct).expand_as(s)
+        sign = torch.where(x.to(ct) < 0, -1.0, 1.0) if magnitude else None
+        g = grad_y.to(ct) * sign if magnitude else grad_y.to(ct)
         g_sorted = g.gather(-1, perm)
-        # The pooled block around the junction, read off the final iterate.
+        # The pooled block around the junction, read off the final iterate: its value gamma as
+        # zeta = (s[k-1] - gamma) / lam, the mean of the estimates from v[k-1] and v[k]. In lam
+        # units, relative to s[k-1], so that membership is decided to float32 resolution of
+        # z~ (O(1)), not of s (whose ulp can exceed the margin at small lam).
         lo = (k - 1).clamp(0, n - 1).expand(*s.shape[:-1], 1)
         hi = k.clamp(0, n - 1).expand(*s.shape[:-1], 1)
-        gamma = 0.5 * (v.gather(-1, lo) + v.gather(-1, hi))
-        kept_value = s / (1.0 + lam) if ctx.magnitude else s - lam
-        in_block = torch.where(kept, kept_value < gamma, s > gamma) & (k > 0) & (k < n)
+        s_lo = s.gather(-1, lo)
+        zeta = 0.5 * (z_final.gather(-1, lo) + z_final.gather(-1, hi) + (s_lo - s.gather(-1, hi)) / lam)
+        z_block = (s - s_lo) / lam + zeta  # (s - gamma) / lam
+        z_single = free_z(torch.zeros_like(s), s, w, lam, q, magnitude)
+        # i < k joins iff its singleton value is below gamma, i >= k iff s_i is above it
+        in_block = torch.where(kept, z_block < z_single, z_block > 0) & (k > 0) & (k < n)
+        z = torch.where(in_block, z_block, z_single)
+        c = (q - 1) * z.abs().pow(q - 2)  # slope of z~^(q-1), the block equation's summand
+        d = lam * w if magnitude else torch.zeros_like(w)
+        u = g_sorted * (c / lam + (1.0 if (magnitude and ctx.debias) else 0.0))  # g * dy/dz
         block = in_block.to(ct)
-        if ctx.magnitude:
-            u = 1.0 + lam * kept.to(ct)
-            denom = (block * u).sum(-1, keepdim=True)
-            g_bar = (block * g_sorted).sum(-1, keepdim=True) / denom.clamp(min=1e-30)
-            scale = 1.0 / lam + (1.0 if ctx.debias else 0.0)
-            kept_slope = 1.0 if ctx.debias else 1.0 / (1.0 + lam)
-            grad_sorted = torch.where(
-                in_block, scale * (g_sorted - g_bar), torch.where(kept, kept_slope * g_sorted, 0.0)
-            )
-        else:
-            count = block.sum(-1, keepdim=True)
-            g_bar = (block * g_sorted).sum(-1, keepdim=True) / count.clamp(min=1.0)
-            grad_sorted = block * (g_sorted - g_bar) / lam
+        block_u = (block * u).sum(-1, keepdim=True)
+        block_cd = (block * (c + d)).sum(-1, keepdim=True)
+        grad_block = u - c / block_cd.clamp(min=1e-30) * block_u
+        cd = c + d
+        grad_single = torch.where(cd > 0, u * d / torch.where(cd > 0, cd, 1.0), 0.0)
+        grad_sorted = torch.where(in_block, grad_block, grad_single)
         grad = torch.zeros_like(grad_sorted).scatter(-1, perm, grad_sorted)
-        if ctx.magnitude:
+        if magnitude:
             grad = grad * sign
-        return grad.to(x.dtype), None, None, None, None, None
+        return grad.to(x.dtype), None, None, None, None, None, None
 
 
-def dykstra_soft_topk(x, k, lam, magnitude: bool, debias: bool, num_iter: int) -> torch.Tensor:
-    """Smooth top-k (p = 2) of ``x`` along its last dim by ``num_iter`` Dykstra iterations.
+def dykstra_soft_topk(x, k, lam, p: float, magnitude: bool, debias: bool, num_iter: int) -> torch.Tensor:
+    """Smooth top-k (p = 2 or 4/3) of ``x`` along its last dim by ``num_iter`` sweeps.
 
     ``k`` and ``lam`` may be Python numbers or 0-d tensors; they become 0-d tensors on ``x``'s
     device, so one compiled graph serves every value. Arguments are validated by the public
@@ -139,4 +251,4 @@ def dykstra_soft_topk(x, k, lam, magnitude: bool, debias: bool, num_iter: int) -
     """
     k_t = as_scalar_tensor(k, torch.int64, x.device)
     lam_t = as_scalar_tensor(lam, torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
-    return _DykstraSoftTopk.apply(x, k_t, lam_t, magnitude, debias, num_iter)[0]
+    return _DykstraSoftTopk.apply(x, k_t, lam_t, dykstra_q(p), magnitude, debias, num_iter)[0]

@@ -70,7 +70,7 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     last = d == x.dim() - 1
     x_last = x if last else x.movedim(d, -1)  # (a movedim view is an extra autograd node)
     if algorithm == "dykstra":
-        y = dykstra_soft_topk(x_last, k, lam, magnitude, debias, 10 if num_iter is None else num_iter)
+        y = dykstra_soft_topk(x_last, k, lam, p, magnitude, debias, 10 if num_iter is None else num_iter)
     else:
         # k and lam travel to the native op as 0-d CPU tensors (read by the kernel).
         k_t = as_scalar_tensor(k, torch.int64, "cpu")
