@@ -30,6 +30,7 @@ import os
 from smoothprune import schedules
 from smoothprune.export import save_sparse
 from smoothprune.nn.parametrizations import METHODS
+from smoothprune.ops.dykstra import dykstra_q
 from smoothprune.pruning import (
     check_algorithm_name,
     harden_,
@@ -130,8 +131,8 @@ class SmoothPruningImpl:
         if verbose not in (0, 1, 2):
             raise ValueError(f"SmoothPruning: expected verbose in (0, 1, 2), got verbose={verbose!r}")
         check_algorithm_name("SmoothPruning", algorithm)
-        if algorithm == "dykstra" and p != 2:
-            raise ValueError(f"SmoothPruning: algorithm='dykstra' supports p=2 only, got p={p!r}")
+        if algorithm == "dykstra" and dykstra_q(p) is None:
+            raise ValueError(f"SmoothPruning: algorithm='dykstra' supports p=2 and p=4/3 only, got p={p!r}")
         if isinstance(parameters_to_prune, (list, tuple)) and len(parameters_to_prune) == 0:
             raise ValueError("SmoothPruning: expected parameters_to_prune to be None or non-empty, got an empty list")
         self.p, self.method, self.scope = float(p), method, scope

@@ -29,6 +29,7 @@ import numbers
 import torch
 
 from smoothprune.ops._checks import check_positive
+from smoothprune.ops.dykstra import dykstra_q
 from smoothprune.ops.hard_topk import hard_topk_mask
 from smoothprune.ops.soft_topk import soft_topk_mask
 
@@ -84,10 +85,10 @@ class ExpertChoiceRouter(torch.nn.Module):
         num_experts: number of experts ``E``.
         capacity_factor: ``c`` in ``C = ceil(S * c / E)`` (on average each token goes to ``c``
             experts); ``C`` is clipped to ``[1, S]``.
-        topk: ``"hard"`` (`hard_topk_mask`), ``"dykstra"`` (smooth, p = 2, ``num_iter`` Dykstra
+        topk: ``"hard"`` (`hard_topk_mask`), ``"dykstra"`` (smooth, p = 2 or 4/3, ``num_iter`` Dykstra
             iterations: the accelerator-friendly path) or ``"pav"`` (smooth, exact).
         lam: regularization strength of the smooth top-k (gates are probabilities in [0, 1]).
-        p: regularization exponent of the smooth top-k (``"dykstra"`` needs p = 2).
+        p: regularization exponent of the smooth top-k (``"dykstra"`` needs p = 2 or 4/3).
         num_iter: Dykstra iterations.
 
     Raises:
@@ -114,8 +115,8 @@ class ExpertChoiceRouter(torch.nn.Module):
         self.lam = check_positive(fn, "lam", lam)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
             raise ValueError(f"{fn}: expected p to be a finite float > 1, got p={p!r}")
-        if topk == "dykstra" and p != 2:
-            raise ValueError(f"{fn}: topk='dykstra' supports p=2 only, got p={p!r}")
+        if topk == "dykstra" and dykstra_q(p) is None:
+            raise ValueError(f"{fn}: topk='dykstra' supports p=2 and p=4/3 only, got p={p!r}")
         self.topk, self.p = topk, float(p)
         self.num_iter = _check_positive_int(fn, "num_iter", num_iter)
         self.gate = torch.nn.Linear(dim, self.num_experts, bias=False)

@@ -83,20 +83,19 @@ def check_p(fn: str, p) -> float:
 
 
 def check_algorithm(fn: str, algorithm, p: float, num_iter, device: torch.device) -> str:
+    """The algorithm to run. ``num_iter`` is checked whenever Dykstra may run: with "auto" it is
+    used on XLA and ignored elsewhere, so device-agnostic code can pass it unconditionally."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{fn}: expected algorithm in {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "pav" and num_iter is not None:
+        raise ValueError(
+            f"{fn}: num_iter applies to algorithm='dykstra' (or 'auto' on XLA) only, got "
+            f"num_iter={num_iter!r} with algorithm='pav'"
+        )
+    if num_iter is not None and (isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1):
+        raise ValueError(f"{fn}: expected num_iter to be a positive int, got {num_iter!r}")
     if algorithm == "auto":
         algorithm = "dykstra" if device.type == "xla" else "pav"
-    if algorithm == "dykstra":
-        if dykstra_q(p) is None:
-            raise ValueError(f"{fn}: algorithm='dykstra' supports p=2 and p=4/3 only, got p={p}")
-        if num_iter is not None and (
-            isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1
-        ):
-            raise ValueError(f"{fn}: expected num_iter to be a positive int, got {num_iter!r}")
-    elif num_iter is not None:
-        raise ValueError(
-            f"{fn}: num_iter applies to algorithm='dykstra' only, got num_iter={num_iter!r} with "
-            f"algorithm={algorithm!r}"
-        )
+    if algorithm == "dykstra" and dykstra_q(p) is None:
+        raise ValueError(f"{fn}: algorithm='dykstra' supports p=2 and p=4/3 only, got p={p}")
     return algorithm

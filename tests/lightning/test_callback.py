@@ -150,7 +150,7 @@ BAD = [
     (dict(make_pruning_permanent="yes"), "SmoothPruning: expected make_pruning_permanent to be a bool, got 'yes'"),
     (dict(export_path=3), "SmoothPruning: expected export_path to be a path or None, got 3"),
     (dict(verbose=5), "SmoothPruning: expected verbose in (0, 1, 2), got verbose=5"),
-    (dict(algorithm="dykstra", p=4 / 3), "SmoothPruning: algorithm='dykstra' supports p=2 only"),
+    (dict(algorithm="dykstra", p=3.0), "SmoothPruning: algorithm='dykstra' supports p=2 and p=4/3 only, got p=3.0"),
     (dict(parameters_to_prune=[]), "SmoothPruning: expected parameters_to_prune to be None or non-empty"),
 ]
 

@@ -156,7 +156,7 @@ def test_router_inside_a_model_trains_and_stays_finite():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(topk="soft"), r"expected topk in \('hard', 'dykstra', 'pav'\), got topk='soft'"),
-    (dict(topk="dykstra", p=4 / 3), r"topk='dykstra' supports p=2 only"),
+    (dict(topk="dykstra", p=1.5), r"topk='dykstra' supports p=2 and p=4/3 only, got p=1.5"),
     (dict(capacity_factor=0), r"expected capacity_factor to be a finite float > 0, got 0"),
     (dict(lam=-1.0), r"expected lam to be a finite float > 0"),
     (dict(num_iter=0), r"expected num_iter to be an int >= 1, got num_iter=0"),

@@ -93,9 +93,10 @@ BAD_CALLS = [
     (lambda: sp.soft_topk_mask(torch.tensor(1.0), 0), "expected x with at least 1 dimension"),
     (lambda: sp.soft_topk_mask([1.0, 2.0], 1), "expected x to be a torch.Tensor, got list"),
     (lambda: sp.soft_topk_mask(torch.randn(5), 2, algorithm="sinkhorn"), "expected algorithm in"),
-    (lambda: sp.soft_topk_mask(torch.randn(5), 2, p=4 / 3, algorithm="dykstra"), "supports p=2 only"),
+    (lambda: sp.soft_topk_mask(torch.randn(5), 2, p=1.5, algorithm="dykstra"), "supports p=2 and p=4/3 only, got p=1.5"),
     (lambda: sp.soft_topk_mask(torch.randn(5), 2, p=2, algorithm="dykstra", num_iter=0), "expected num_iter to be a positive int, got 0"),
-    (lambda: sp.soft_topk_mask(torch.randn(5), 2, num_iter=5), "num_iter applies to algorithm='dykstra' only"),
+    (lambda: sp.soft_topk_mask(torch.randn(5), 2, num_iter=5, algorithm="pav"), "num_iter applies to algorithm='dykstra' (or 'auto' on XLA) only, got num_iter=5 with algorithm='pav'"),
+    (lambda: sp.soft_topk_mask(torch.randn(5), 2, num_iter=0), "expected num_iter to be a positive int, got 0"),
     (lambda: sp.hard_topk_mag(torch.randn(5), 6), "hard_topk_mag: expected 0 <= k <= 5 along dim -1, got k=6"),
     (lambda: sp.hard_topk_mask(torch.arange(5), 2), "hard_topk_mask: expected x of dtype"),
 ]
