@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 SHELL       := /bin/bash
 
-.PHONY: all venv build demo test bench venv-xla build-xla test-xla clean distclean
+.PHONY: all venv build demo test bench venv-xla build-xla test-xla bench-xla clean distclean
 
 all: build
 
@@ -84,6 +84,10 @@ build-xla: venv-xla
 # (rather than prepends) the repository root to sys.path.
 test-xla: build-xla
 	PJRT_DEVICE=CPU $(VENV_XLA)/bin/pytest --import-mode=append -p no:cacheprovider tests/xla $(PYTEST_ARGS)
+
+# Graph and compile facts of the Dykstra path on XLA (the README's table).
+bench-xla: build-xla
+	PJRT_DEVICE=CPU $(VENV_XLA)/bin/python benchmarks/xla_graph.py
 
 clean:
 	rm -rf build *.egg-info smoothprune/*.so .pytest_cache .hypothesis

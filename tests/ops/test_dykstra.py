@@ -118,22 +118,28 @@ def test_converged_dykstra_backward_equals_pav_backward(name, op):
 
 
 # Accuracy at the paper's pruning scale: the README's table (benchmarks/dykstra_accuracy.py)
-# reports these errors; here are the bounds it must stay under (max |dykstra - pav|).
+# reports these errors; here are the bounds it must stay under (max |dykstra - pav|). The XLA job
+# asserts the same bounds on torch_xla (tests/xla/test_ops.py).
 ACCURACY_BOUNDS = [
-    # (shape, k, lam, num_iter, mask bound, magnitude bound)
-    ((32, 400), 28, 1e-4, 10, 1e-9, 1e-9),
-    ((32, 400), 28, 1e-3, 100, 1e-9, 1e-9),
-    ((32, 400), 28, 1e-2, 10, 0.5, 1e-3),
-    ((512, 100), 3, 1e-3, 10, 1e-5, 1e-9),
-    ((512, 100), 3, 1e-2, 100, 1e-9, 1e-9),
+    # (p, shape, k, lam, num_iter, mask bound, magnitude bound)
+    (2.0, (32, 400), 28, 1e-4, 10, 1e-9, 1e-9),
+    (2.0, (32, 400), 28, 1e-3, 100, 1e-9, 1e-9),
+    (2.0, (32, 400), 28, 1e-2, 10, 0.5, 1e-3),
+    (2.0, (512, 100), 3, 1e-3, 10, 1e-5, 1e-9),
+    (2.0, (512, 100), 3, 1e-2, 100, 1e-9, 1e-9),
+    (4 / 3, (32, 400), 28, 1e-4, 10, 1e-9, 1e-9),
+    (4 / 3, (32, 400), 28, 1e-3, 100, 1e-9, 1e-9),
+    (4 / 3, (32, 400), 28, 1e-2, 100, 1e-2, 1e-7),
+    (4 / 3, (512, 100), 3, 1e-2, 100, 1e-9, 1e-9),
 ]
+ACCURACY_IDS = [f"p{p:.3g}-{r}x{n}-k{k}-lam{lam:g}-{t}it" for p, (r, n), k, lam, t, _, _ in ACCURACY_BOUNDS]
 
 
-@pytest.mark.parametrize("shape,k,lam,num_iter,mask_bound,mag_bound", ACCURACY_BOUNDS)
-def test_accuracy_table_bounds(shape, k, lam, num_iter, mask_bound, mag_bound):
+@pytest.mark.parametrize("p,shape,k,lam,num_iter,mask_bound,mag_bound", ACCURACY_BOUNDS, ids=ACCURACY_IDS)
+def test_accuracy_table_bounds(p, shape, k, lam, num_iter, mask_bound, mag_bound):
     x = _weights(shape)
     for op, bound in ((sp.soft_topk_mask, mask_bound), (sp.soft_topk_mag, mag_bound)):
-        err = (op(x, k, lam=lam, p=2) - op(x, k, lam=lam, p=2, algorithm="dykstra", num_iter=num_iter)).abs().max()
+        err = (op(x, k, lam=lam, p=p) - op(x, k, lam=lam, p=p, algorithm="dykstra", num_iter=num_iter)).abs().max()
         assert err < bound
 
 

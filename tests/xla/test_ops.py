@@ -7,7 +7,7 @@ import torch
 import torch_xla
 
 import smoothprune as sp
-from tests.ops.test_dykstra import ACCURACY_BOUNDS
+from tests.ops.test_dykstra import ACCURACY_BOUNDS, ACCURACY_IDS
 
 OPS = {"mask": sp.soft_topk_mask, "mag": sp.soft_topk_mag}
 P_VALUES = {"p2": 2.0, "p43": 4 / 3}
@@ -44,15 +44,15 @@ def test_auto_runs_dykstra_on_xla_and_matches_the_cpu_dykstra(xla, device, name,
     assert xla.fallbacks() == []
 
 
-@pytest.mark.parametrize("shape,k,lam,num_iter,mask_bound,mag_bound", ACCURACY_BOUNDS)
-def test_accuracy_table_bounds_hold_on_xla(xla, device, shape, k, lam, num_iter, mask_bound, mag_bound):
+@pytest.mark.parametrize("p,shape,k,lam,num_iter,mask_bound,mag_bound", ACCURACY_BOUNDS, ids=ACCURACY_IDS)
+def test_accuracy_table_bounds_hold_on_xla(xla, device, p, shape, k, lam, num_iter, mask_bound, mag_bound):
     """The bounds of the README's accuracy table (asserted on CPU in tests/ops/test_dykstra.py),
     in float64 on XLA against the CPU PAV path: outputs, and gradients where converged."""
     x = _weights(shape)
     cot = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for op, bound in ((sp.soft_topk_mask, mask_bound), (sp.soft_topk_mag, mag_bound)):
-        y_pav, g_pav = _value_and_grad(op, x, k, cot, lam=lam, p=2, algorithm="pav")
-        y_xla, g_xla = _value_and_grad(op, x.to(device), k, cot.to(device), lam=lam, p=2, num_iter=num_iter)
+        y_pav, g_pav = _value_and_grad(op, x, k, cot, lam=lam, p=p, algorithm="pav")
+        y_xla, g_xla = _value_and_grad(op, x.to(device), k, cot.to(device), lam=lam, p=p, num_iter=num_iter)
         torch_xla.sync()
         assert (y_xla.cpu() - y_pav).abs().max() < bound
         if bound <= 1e-9:
