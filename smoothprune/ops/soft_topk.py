@@ -94,8 +94,9 @@ def soft_topk_mask(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter
         p: regularization exponent ``> 1``; ``p = 2`` and ``p = 4/3`` have closed-form solvers.
         dim: the dimension along which to select.
         algorithm: ``"pav"`` (exact, native), ``"dykstra"`` (approximate, pure tensor ops,
-            ``p = 2``) or ``"auto"`` (Dykstra on XLA devices, PAV elsewhere).
-        num_iter: Dykstra iterations (default 10); only with ``algorithm="dykstra"``.
+            ``p = 2`` or ``4/3``) or ``"auto"`` (Dykstra on XLA devices, PAV elsewhere).
+        num_iter: Dykstra iterations (default 10); with ``"dykstra"``, or with ``"auto"``
+            (used on XLA, ignored elsewhere).
 
     Returns:
         A tensor like ``x``. Slices holding a NaN or Inf give NaN in every position (and NaN
@@ -103,7 +104,8 @@ def soft_topk_mask(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter
 
     Raises:
         ValueError: on a non-floating ``x``, ``dim`` out of range, ``k`` outside ``[0, n]``,
-            ``lam <= 0``, ``p <= 1``, or an unknown ``algorithm``.
+            ``lam <= 0``, ``p <= 1``, an unknown ``algorithm``, ``"dykstra"`` with another
+            ``p`` than 2 or 4/3, or ``num_iter`` with ``"pav"``.
 
     Example:
         >>> import torch, smoothprune as sp
@@ -127,8 +129,8 @@ def soft_topk_mag(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=
         lam: regularization strength ``> 0`` (float or 0-d tensor).
         p: regularization exponent ``> 1``.
         dim: the dimension along which to select.
-        algorithm: ``"pav"``, ``"dykstra"`` (``p = 2``) or ``"auto"``.
-        num_iter: Dykstra iterations (default 10); only with ``algorithm="dykstra"``.
+        algorithm: ``"pav"``, ``"dykstra"`` (``p = 2`` or ``4/3``) or ``"auto"``.
+        num_iter: Dykstra iterations (default 10); with ``"dykstra"`` or ``"auto"`` (on XLA).
         debias: return the de-biased output (see above).
 
     Returns:
