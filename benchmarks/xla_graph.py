@@ -12,6 +12,7 @@ per step of a pruned MLP whose sparsity and lam change every step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -26,13 +27,6 @@ import smoothprune as sp  # noqa: E402
 from smoothprune.ops import dykstra  # noqa: E402
 
 
-def _unrolled(mu, s, w, lam, q, magnitude, num_iter):
-    for _ in range(num_iter):
-        mu = dykstra._half_pass(mu, s, w, lam, q, magnitude, 0)
-        mu = dykstra._half_pass(mu, s, w, lam, q, magnitude, 1)
-    return mu
-
-
 def _compile_seconds() -> float:
     data = met.metric_data("CompileTime")
     return 0.0 if data is None else data[1] / 1e9
@@ -42,8 +36,23 @@ def _fallbacks() -> list[str]:
     return sorted(c for c in met.counter_names() if c.startswith("aten::"))
 
 
+@contextlib.contextmanager
+def _iterations_as(loop: str):
+    """"While" (smoothprune's XLA loop) or "unrolled" (the eager Python loop, traced)."""
+    original = dykstra._xla_loop
+    dykstra._xla_loop = {"While": original, "unrolled": dykstra._python_loop}[loop]
+    try:
+        yield
+    finally:
+        dykstra._xla_loop = original
+
+
 def graph_row(p, num_iter, loop, device, repeats):
-    dykstra._xla_loop = loops[loop]
+    with _iterations_as(loop):
+        return _graph_row(p, num_iter, device, repeats)
+
+
+def _graph_row(p, num_iter, device, repeats):
     x = (0.05 * torch.randn(32, 400, generator=torch.Generator().manual_seed(0))).to(device).requires_grad_()
 
     def step():
@@ -69,7 +78,6 @@ def graph_row(p, num_iter, loop, device, repeats):
 
 def training_row(device, steps=8):
     """Compilations after each step of a pruned MLP, sparsity and lam changed before every step."""
-    dykstra._xla_loop = loops["While"]
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(device)
     sp.prune_(model, 0.5, lam=1e-2, p=4 / 3)
@@ -88,9 +96,6 @@ def training_row(device, steps=8):
         d = met.metric_data("CompileTime")
         counts.append(0 if d is None else int(d[0]))
     return counts, _fallbacks()
-
-
-loops = {"While": dykstra._xla_loop, "unrolled": _unrolled}
 
 
 def main():

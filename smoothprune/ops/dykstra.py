@@ -154,19 +154,26 @@ def dual_ascent(s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tens
     mu = s.new_zeros((*s.shape[:-1], s.shape[-1] + 1))
     if s.device.type == "xla":
         return _xla_loop(mu, s, w, lam, q, magnitude, num_iter)
-    even, odd = _pairs_of(s, w, lam, 0), _pairs_of(s, w, lam, 1)
     if torch.compiler.is_compiling():
-        return _compiled_loop(mu, even, odd, lam, q, magnitude, num_iter)
+        return _compiled_loop(mu, s, w, lam, q, magnitude, num_iter)
+    return _python_loop(mu, s, w, lam, q, magnitude, num_iter)
+
+
+def _python_loop(mu, s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
+    """Eager: a plain loop (traced, it would unroll into the graph)."""
+    even, odd = _pairs_of(s, w, lam, 0), _pairs_of(s, w, lam, 1)
     for _ in range(num_iter):
         mu = _half_pass(mu, even, lam, q, magnitude, 0)
         mu = _half_pass(mu, odd, lam, q, magnitude, 1)
     return mu
 
 
-def _compiled_loop(mu, even, odd, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
+def _compiled_loop(mu, s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
     """Under torch.compile: torch's while_loop, so that the graph (and compile time, ~6x less
     at 10 iterations) does not grow with num_iter."""
     from torch._higher_order_ops.while_loop import while_loop
+
+    even, odd = _pairs_of(s, w, lam, 0), _pairs_of(s, w, lam, 1)
 
     def cond(i, mu):
         return i < num_iter
