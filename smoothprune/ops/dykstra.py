@@ -192,7 +192,8 @@ def _xla_sweep(q: int, magnitude: bool):
 
     def sweep(carry, _):
         mu, s, w, lam = carry
-        # (the pair terms are recomputed in the body: XLA hoists loop-invariant code)
+        # (the pair terms are rebuilt in the body: scan's carry must be float tensors that can
+        # require grad, which the boolean junction mask cannot; they are a few element-wise ops)
         mu = _half_pass(mu, _pairs_of(s, w, lam, 0), lam, q, magnitude, 0)
         mu = _half_pass(mu, _pairs_of(s, w, lam, 1), lam, q, magnitude, 1)
         # scan stacks one output per iteration; a 0-d one derived from the carry is the cheapest
