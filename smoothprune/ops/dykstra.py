@@ -42,7 +42,6 @@ import torch
 from smoothprune.ops._scalars import as_scalar_tensor
 
 
-
 def dykstra_q(p: float):
     """``q = p / (p - 1)`` for the exponents with a closed-form pair update (p = 2 -> 2,
     p = 4/3 -> 4), else None."""
