@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from smoothprune.ops._checks import check_algorithm
 from smoothprune.ops.loss import FILLS, REDUCTIONS, soft_topk_loss
 
 
@@ -16,9 +17,12 @@ class SoftTopKLoss(torch.nn.Module):
         p: regularization exponent ``> 1``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         fill: ``"topk"`` (default, bounded and shift invariant) or ``"none"``.
+        algorithm, num_iter: the soft mask's solver (``"auto"``: PAV on CPU/CUDA, ``num_iter``
+            Dykstra iterations on XLA; see :func:`smoothprune.soft_topk_mask`).
 
     Raises:
-        ValueError: on ``k < 1``, ``lam <= 0``, ``p <= 1`` or an unknown ``reduction``/``fill``.
+        ValueError: on ``k < 1``, ``lam <= 0``, ``p <= 1``, an unknown ``reduction``/``fill``, or
+            a bad ``algorithm``/``num_iter``.
 
     Example:
         >>> import torch, smoothprune as sp
@@ -27,7 +31,8 @@ class SoftTopKLoss(torch.nn.Module):
         >>> loss.backward()
     """
 
-    def __init__(self, k: int, *, lam: float = 1.0, p: float = 2.0, reduction: str = "mean", fill: str = "topk"):
+    def __init__(self, k: int, *, lam: float = 1.0, p: float = 2.0, reduction: str = "mean", fill: str = "topk",
+                 algorithm: str = "auto", num_iter=None):
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"SoftTopKLoss: expected an int k >= 1, got k={k!r}")
@@ -39,12 +44,16 @@ class SoftTopKLoss(torch.nn.Module):
             raise ValueError(f"SoftTopKLoss: expected reduction in {REDUCTIONS}, got {reduction!r}")
         if fill not in FILLS:
             raise ValueError(f"SoftTopKLoss: expected fill in {FILLS}, got {fill!r}")
+        check_algorithm("SoftTopKLoss", algorithm, p, num_iter, torch.device("cpu"))
         self.k, self.lam, self.p, self.reduction, self.fill = k, float(lam), float(p), reduction, fill
+        self.algorithm, self.num_iter = algorithm, num_iter
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return soft_topk_loss(
-            logits, target, self.k, lam=self.lam, p=self.p, reduction=self.reduction, fill=self.fill
+            logits, target, self.k, lam=self.lam, p=self.p, reduction=self.reduction, fill=self.fill,
+            algorithm=self.algorithm, num_iter=self.num_iter,
         )
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, lam={self.lam}, p={self.p}, reduction={self.reduction!r}, fill={self.fill!r}"
+        solver = "" if self.algorithm == "auto" and self.num_iter is None else f", algorithm={self.algorithm!r}, num_iter={self.num_iter}"
+        return f"k={self.k}, lam={self.lam}, p={self.p}, reduction={self.reduction!r}, fill={self.fill!r}{solver}"

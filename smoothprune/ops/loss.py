@@ -20,7 +20,7 @@ import numbers
 
 import torch
 
-from smoothprune.ops._checks import check_input, check_lam, check_p
+from smoothprune.ops._checks import check_algorithm, check_input, check_lam, check_p
 from smoothprune.ops._scalars import as_scalar_tensor
 from smoothprune.ops.hard_topk import hard_topk_mask
 from smoothprune.ops.soft_topk import soft_topk_mask
@@ -29,7 +29,7 @@ REDUCTIONS = ("mean", "sum", "none")
 FILLS = ("topk", "none")
 
 
-def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill):
+def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, num_iter):
     check_input(fn, logits)
     if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point or target.dtype == torch.bool:
         got = f"a {target.dtype} tensor" if isinstance(target, torch.Tensor) else type(target).__name__
@@ -48,6 +48,7 @@ def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill):
         raise ValueError(f"{fn}: expected reduction in {REDUCTIONS}, got {reduction!r}")
     if fill not in FILLS:
         raise ValueError(f"{fn}: expected fill in {FILLS}, got {fill!r}")
+    check_algorithm(fn, algorithm, p, num_iter, logits.device)
     if target.device.type == "cpu" and target.numel() and not torch.compiler.is_compiling():
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= num_classes:
@@ -83,7 +84,8 @@ class _FenchelYoungTopk(torch.autograd.Function):
         return grad_out.unsqueeze(-1) * direction, None, None, None, None
 
 
-def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill="topk"):
+def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill="topk", algorithm="auto",
+                   num_iter=None):
     """Smooth top-k Fenchel-Young loss of ``logits`` (classes on the last dim) for class labels.
 
     The gradient with respect to the logits is ``soft_topk_mask(logits, k) - t``; it is sparse,
@@ -98,13 +100,16 @@ def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill=
         p: regularization exponent ``> 1``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         fill: ``"topk"`` (default: bounded below by 0, shift invariant) or ``"none"`` (one-hot).
+        algorithm, num_iter: the solver of the soft mask, as in :func:`soft_topk_mask`
+            (``"auto"``: exact PAV on CPU/CUDA, ``num_iter`` Dykstra iterations on XLA).
 
     Returns:
         The loss, reduced as asked (computed in float32 at least).
 
     Raises:
         ValueError: on mismatched shapes or dtypes, labels out of range, ``k`` outside
-            ``[1, C]``, ``lam <= 0``, ``p <= 1``, or an unknown ``reduction``/``fill``.
+            ``[1, C]``, ``lam <= 0``, ``p <= 1``, an unknown ``reduction``/``fill``, or a bad
+            ``algorithm``/``num_iter`` (see :func:`soft_topk_mask`).
 
     Example:
         >>> import torch, smoothprune as sp
@@ -113,10 +118,10 @@ def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill=
         0.0
     """
     fn = "soft_topk_loss"
-    _check_loss_args(fn, logits, target, k, lam, p, reduction, fill)
+    _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, num_iter)
     theta = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     with torch.no_grad():
-        y_star = soft_topk_mask(theta.detach(), k, lam=lam, p=p, dim=-1)
+        y_star = soft_topk_mask(theta.detach(), k, lam=lam, p=p, dim=-1, algorithm=algorithm, num_iter=num_iter)
     t = _target_polytope_point(theta, target.long(), k, fill)
     loss = _FenchelYoungTopk.apply(theta, t, y_star, lam, p)
     if reduction == "mean":

@@ -106,7 +106,28 @@ BAD = [
     (lambda l, t: sp.soft_topk_loss(l.long(), t, 3), "expected x of dtype"),
     (lambda l, t: sp.SoftTopKLoss(0), "SoftTopKLoss: expected an int k >= 1, got k=0"),
     (lambda l, t: sp.SoftTopKLoss(2, lam=-1), "SoftTopKLoss: expected lam > 0"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 3, algorithm="pav", num_iter=5), "soft_topk_loss: num_iter applies to algorithm='dykstra'"),
+    (lambda l, t: sp.soft_topk_loss(l, t, 3, p=1.5, algorithm="dykstra"), "soft_topk_loss: algorithm='dykstra' supports p=2 and p=4/3 only, got p=1.5"),
+    (lambda l, t: sp.SoftTopKLoss(2, algorithm="sinkhorn"), "SoftTopKLoss: expected algorithm in"),
+    (lambda l, t: sp.SoftTopKLoss(2, num_iter=0), "SoftTopKLoss: expected num_iter to be a positive int, got 0"),
 ]
+
+
+@pytest.mark.parametrize("p", [2.0, 4 / 3], ids=["p2", "p43"])
+def test_dykstra_solver_gives_the_same_loss_once_converged(p):
+    """The loss with the accelerator solver (what "auto" runs on XLA) equals the exact one when
+    Dykstra has converged, values and gradients; with too few iterations it differs."""
+    logits, target = _data()
+    logits = logits.double().requires_grad_()
+    exact = sp.soft_topk_loss(logits, target, 3, lam=1.0, p=p, reduction="none")
+    (g_exact,) = torch.autograd.grad(exact.sum(), logits)
+    module = sp.SoftTopKLoss(3, lam=1.0, p=p, reduction="none", algorithm="dykstra", num_iter=3000)
+    approx = module(logits, target)
+    (g_approx,) = torch.autograd.grad(approx.sum(), logits)
+    assert torch.allclose(approx, exact, atol=1e-9) and torch.allclose(g_approx, g_exact, atol=1e-9)
+    rough = sp.soft_topk_loss(logits, target, 3, lam=1.0, p=p, reduction="none", algorithm="dykstra", num_iter=2)
+    assert (rough - exact).abs().max() > 1e-4
+    assert "num_iter=3000" in repr(module)
 
 
 @pytest.mark.parametrize("call,message", BAD, ids=[m for _, m in BAD])

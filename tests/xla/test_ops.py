@@ -140,4 +140,9 @@ def test_loss_and_hard_ops_lower_to_xla(xla, device):
     assert torch.allclose(g.cpu(), g_cpu, atol=1e-6)
     assert torch.equal(hard.cpu(), sp.hard_topk_mag(logits, 3))
     assert torch.equal(mask.cpu(), sp.hard_topk_mask(logits, 3))
+    # a larger lam needs more iterations: the module's num_iter is used on XLA
+    loss_fn = sp.SoftTopKLoss(3, lam=1.0, p=4 / 3, num_iter=3000)
+    big = loss_fn(logits.to(device), target.to(device))
+    torch_xla.sync()
+    assert torch.allclose(big.cpu(), loss_fn(logits, target), rtol=1e-5)
     assert xla.fallbacks() == []
