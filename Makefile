@@ -7,11 +7,11 @@
 
 PYTHON      ?= python3
 VENV_CACHE  ?= $(HOME)/.cache/smoothprune/venvs
-PIN_HASH    := $(shell cat requirements.lock | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
-VENV_DIR    := $(VENV_CACHE)/torch-$(PIN_HASH)
+# $(call pin_hash,LOCKFILE): a hash of the pins and the Python version, the cache key of a venv
+pin_hash     = $(shell cat $(1) | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
+VENV_DIR    := $(VENV_CACHE)/torch-$(call pin_hash,requirements.lock)
 VENV        := .venv
-XLA_HASH    := $(shell cat requirements-xla.lock | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
-XLA_DIR     := $(VENV_CACHE)/xla-$(XLA_HASH)
+XLA_DIR     := $(VENV_CACHE)/xla-$(call pin_hash,requirements-xla.lock)
 VENV_XLA    := .venv-xla
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -25,13 +25,18 @@ all: build
 # Build the cached venv once per set of pins: the directory name holds the hash of
 # requirements.lock, so the marker alone says it is built (no dependency on the file's mtime,
 # which is new in every fresh clone). The .complete marker makes an interrupted build start over.
+# $(call build_venv,DIR,LOCKFILE), the recipe of both cached venvs.
+define build_venv
+rm -rf "$(1)"
+mkdir -p "$(VENV_CACHE)"
+$(PYTHON) -m venv "$(1)"
+"$(1)/bin/pip" install --quiet --upgrade "pip>=24"
+"$(1)/bin/pip" install --quiet -r $(2)
+touch "$(1)/.complete"
+endef
+
 $(VENV_DIR)/.complete:
-	rm -rf "$(VENV_DIR)"
-	mkdir -p "$(VENV_CACHE)"
-	$(PYTHON) -m venv "$(VENV_DIR)"
-	"$(VENV_DIR)/bin/pip" install --quiet --upgrade "pip>=24"
-	"$(VENV_DIR)/bin/pip" install --quiet -r requirements.lock
-	touch "$@"
+	$(call build_venv,$(VENV_DIR),requirements.lock)
 
 venv: $(VENV_DIR)/.complete
 	ln -sfn "$(VENV_DIR)" $(VENV)
@@ -62,12 +67,7 @@ bench: build
 
 # The XLA environment (torch_xla on its CPU device): its own cached venv, linked as .venv-xla.
 $(XLA_DIR)/.complete:
-	rm -rf "$(XLA_DIR)"
-	mkdir -p "$(VENV_CACHE)"
-	$(PYTHON) -m venv "$(XLA_DIR)"
-	"$(XLA_DIR)/bin/pip" install --quiet --upgrade "pip>=24"
-	"$(XLA_DIR)/bin/pip" install --quiet -r requirements-xla.lock
-	touch "$@"
+	$(call build_venv,$(XLA_DIR),requirements-xla.lock)
 
 venv-xla: $(XLA_DIR)/.complete
 	ln -sfn "$(XLA_DIR)" $(VENV_XLA)

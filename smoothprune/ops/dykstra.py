@@ -272,11 +272,11 @@ class _DykstraSoftTopk(torch.autograd.Function):
         c = (q - 1) * z.abs().pow(q - 2)  # slope of z~^(q-1), the block equation's summand
         d = lam * w if magnitude else torch.zeros_like(w)
         u = g_sorted * (c / lam + (1.0 if (magnitude and ctx.debias) else 0.0))  # g * dy/dz
+        cd = c + d
         block = in_block.to(ct)
         block_u = (block * u).sum(-1, keepdim=True)
-        block_cd = (block * (c + d)).sum(-1, keepdim=True)
+        block_cd = (block * cd).sum(-1, keepdim=True)
         grad_block = u - c / block_cd.clamp(min=1e-30) * block_u
-        cd = c + d
         grad_single = torch.where(cd > 0, u * d / torch.where(cd > 0, cd, 1.0), 0.0)
         grad_sorted = torch.where(in_block, grad_block, grad_single)
         grad = torch.zeros_like(grad_sorted).scatter(-1, perm, grad_sorted)
@@ -293,5 +293,5 @@ def dykstra_soft_topk(x, k, lam, p: float, magnitude: bool, debias: bool, num_it
     wrappers in ``smoothprune.ops``.
     """
     k_t = as_scalar_tensor(k, torch.int64, x.device)
-    lam_t = as_scalar_tensor(lam, torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
+    lam_t = as_scalar_tensor(lam, _compute_dtype(x.dtype), x.device)
     return _DykstraSoftTopk.apply(x, k_t, lam_t, dykstra_q(p), magnitude, debias, num_iter)[0]

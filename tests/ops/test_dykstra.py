@@ -42,9 +42,10 @@ OPS = [
 ]
 
 
-def _weights(shape, seed=0):
+def _weights(shape, seed=0, dtype=torch.float64):
+    """Weights at pruning scale, ~ N(0, 0.05^2), drawn in float64 (the same values for every dtype)."""
     g = torch.Generator().manual_seed(seed)
-    return 0.05 * torch.randn(shape, generator=g, dtype=torch.float64)
+    return (0.05 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
 
 
 def test_isotonic_dykstra_converges_to_the_isotonic_regression():

@@ -7,15 +7,10 @@ import torch
 import torch_xla
 
 import smoothprune as sp
-from tests.ops.test_dykstra import ACCURACY_BOUNDS, ACCURACY_IDS
+from tests.ops.test_dykstra import ACCURACY_BOUNDS, ACCURACY_IDS, _weights
 
 OPS = {"mask": sp.soft_topk_mask, "mag": sp.soft_topk_mag}
 P_VALUES = {"p2": 2.0, "p43": 4 / 3}
-
-
-def _weights(shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return (0.05 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
 
 
 def _value_and_grad(op, x, k, cotangent, **kw):
