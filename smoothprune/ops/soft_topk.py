@@ -2,8 +2,9 @@
 
 The exact solver is the native op `torch.ops.smoothprune.soft_topk_forward` (PAV, any p > 1); its
 backward is the native op `soft_topk_backward` (the closed-form block Jacobian of DESIGN.md
-section 2). Both get a fake kernel (for torch.compile / meta tensors) and autograd here, beside
-the wrappers. `algorithm="dykstra"` runs the pure-tensor path of `smoothprune.ops.dykstra`.
+section 2), and their autograd is registered in C++ (csrc/autograd.cpp: Python autograd glue
+would cost more than the op on small tensors). Both get a fake kernel (for torch.compile / meta
+tensors) here, beside the wrappers. `algorithm="dykstra"` runs the pure-tensor path of `smoothprune.ops.dykstra`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _OPS = torch.ops.smoothprune
 
 
 # ----------------------------------------------------------------------------------------------
-# fake kernels and autograd of the native ops
+# fake kernels of the native ops (their autograd is registered in C++: csrc/autograd.cpp)
 # ----------------------------------------------------------------------------------------------
 @torch.library.register_fake("smoothprune::soft_topk_forward")
 def _soft_topk_forward_fake(x, k, lam, p, magnitude, debias, full_sort=False):
@@ -35,25 +36,6 @@ def _soft_topk_forward_fake(x, k, lam, p, magnitude, debias, full_sort=False):
 @torch.library.register_fake("smoothprune::soft_topk_backward")
 def _soft_topk_backward_fake(grad, x, perm, blocks, gamma, k, lam, p, magnitude, debias):
     return x.new_empty(x.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    x, k, lam, p, magnitude, debias = inputs[:6]
-    _, perm, blocks, gamma = output
-    ctx.save_for_backward(x, perm, blocks, gamma, k, lam)
-    ctx.p, ctx.magnitude, ctx.debias = p, magnitude, debias
-
-
-def _backward(ctx, grad_y, _grad_perm, _grad_blocks, _grad_gamma):
-    x, perm, blocks, gamma, k, lam = ctx.saved_tensors
-    grad_x = _OPS.soft_topk_backward(
-        grad_y, x, perm, blocks, gamma, k, lam, ctx.p, ctx.magnitude, ctx.debias
-    )
-    # No gradient flows to k (integer) or lam (the operators are not differentiated in lam).
-    return grad_x, None, None, None, None, None, None
-
-
-torch.library.register_autograd("smoothprune::soft_topk_forward", _backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,7 +57,6 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
         # k and lam travel to the native op as 0-d CPU tensors (read by the kernel).
         k_t = as_scalar_tensor(k, torch.int64, "cpu")
         lam_t = as_scalar_tensor(lam, torch.float64, "cpu")
-        # every argument given: the custom-op autograd then skips filling in defaults
         y = _OPS.soft_topk_forward(x_last, k_t, lam_t, p, magnitude, debias, False)[0]
     return y if last else y.movedim(-1, d)
 

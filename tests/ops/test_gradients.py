@@ -39,6 +39,28 @@ def test_gradient_of_pooled_block_by_hand():
     assert torch.allclose(g, torch.tensor([0.0, (1 - 2) / 5, 0.0, (3 - 2) / 5], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+def test_second_derivative_raises_instead_of_returning_zeros(mode, device):
+    # The first derivative under create_graph=True is the ordinary one; differentiating it again
+    # must fail loudly (without its own autograd kernel the backward op's result would be treated
+    # as a constant, and p = 4/3 second derivatives would silently come out as zeros).
+    _, op, _ = mode
+    x = torch.randn(3, 10, dtype=torch.float64, device=device, requires_grad=True)
+    (g_plain,) = torch.autograd.grad(op(x, 3, lam=0.5, p=4 / 3).pow(2).sum(), x)
+    (g,) = torch.autograd.grad(op(x, 3, lam=0.5, p=4 / 3).pow(2).sum(), x, create_graph=True)
+    torch.testing.assert_close(g, g_plain, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="second derivatives are not implemented"):
+        g.sum().backward()
+
+
+def test_no_gradient_flows_to_lam():
+    x = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    sp.soft_topk_mag(x, 4, lam=lam, p=2).pow(2).sum().backward()
+    assert x.grad is not None and lam.grad is None
+
+
 def _opcheck_samples():
     torch.manual_seed(0)
     samples = []
