@@ -42,7 +42,7 @@ def check_k(fn: str, k, n: int, dim: int):
                 f"{fn}: expected k to be an int or an integer scalar tensor, got a {k.dtype} tensor "
                 f"of shape {tuple(k.shape)}"
             )
-        return k.reshape(())
+        return k if k.dim() == 0 else k.reshape(())
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise ValueError(f"{fn}: expected k to be an int or an integer scalar tensor, got {k!r}")
     if not 0 <= k <= n:
@@ -57,7 +57,7 @@ def check_lam(fn: str, lam):
                 f"{fn}: expected lam to be a float or a floating scalar tensor, got a {lam.dtype} "
                 f"tensor of shape {tuple(lam.shape)}"
             )
-        return lam.reshape(())
+        return lam if lam.dim() == 0 else lam.reshape(())
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise ValueError(f"{fn}: expected lam to be a float or a floating scalar tensor, got {lam!r}")
     # Under torch.compile a float lam is traced symbolically: comparing it here would guard on
