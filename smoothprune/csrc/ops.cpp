@@ -1,5 +1,5 @@
 // Op schemas of smoothprune, defined once (DESIGN.md section 5). Kernels are registered per
-// device in their own files; fake kernels and autograd are registered in smoothprune/ops/.
+// device in their own files, autograd in autograd.cpp; fake kernels in smoothprune/ops/.
 #include <Python.h>
 #include <torch/library.h>
 
