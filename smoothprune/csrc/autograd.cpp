@@ -78,17 +78,16 @@ class SoftTopkFunction : public torch::autograd::Function<SoftTopkFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
-    at::Tensor grad_y = grad_outputs[0];
-    if (!grad_y.defined()) grad_y = at::zeros_like(x);
-    // through the dispatcher: under create_graph=True its Autograd kernel records the node above
-    at::Tensor grad_x = call_backward_op(grad_y, x, saved[1], saved[2], saved[3], saved[4], saved[5],
-                                         ctx->saved_data["p"].toDouble(),
-                                         ctx->saved_data["magnitude"].toBool(),
-                                         ctx->saved_data["debias"].toBool());
     // one entry per forward input: x, k, lam, p, magnitude, debias, full_sort
-    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    variable_list grads(7);
+    if (!grad_outputs[0].defined()) return grads;  // y unused: no gradient (grads not materialized)
+    const auto saved = ctx->get_saved_variables();
+    // through the dispatcher: under create_graph=True its Autograd kernel records the node above
+    grads[0] = call_backward_op(grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                                saved[5], ctx->saved_data["p"].toDouble(),
+                                ctx->saved_data["magnitude"].toBool(),
+                                ctx->saved_data["debias"].toBool());
+    return grads;
   }
 };
 

@@ -4,7 +4,8 @@ The exact solver is the native op `torch.ops.smoothprune.soft_topk_forward` (PAV
 backward is the native op `soft_topk_backward` (the closed-form block Jacobian of DESIGN.md
 section 2), and their autograd is registered in C++ (csrc/autograd.cpp: Python autograd glue
 would cost more than the op on small tensors). Both get a fake kernel (for torch.compile / meta
-tensors) here, beside the wrappers. `algorithm="dykstra"` runs the pure-tensor path of `smoothprune.ops.dykstra`.
+tensors) here, beside the wrappers. `algorithm="dykstra"` runs the pure-tensor path of
+`smoothprune.ops.dykstra`.
 """
 
 from __future__ import annotations
