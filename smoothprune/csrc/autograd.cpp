@@ -30,6 +30,17 @@ at::Tensor call_backward_op(const at::Tensor& grad, const at::Tensor& x, const a
   return op.call(grad, x, perm, blocks, gamma, k, lam, p, magnitude, debias);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_forward_op(
+    const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, double p, bool magnitude,
+    bool debias, bool full_sort) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("smoothprune::soft_topk_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
+                           bool, bool)>();
+  return op.call(x, k, lam, p, magnitude, debias, full_sort);
+}
+
 class SoftTopkBackwardFunction : public torch::autograd::Function<SoftTopkBackwardFunction> {
  public:
   static variable_list forward(AutogradContext* /*ctx*/, const at::Tensor& grad, const at::Tensor& x,
@@ -53,6 +64,11 @@ at::Tensor soft_topk_backward_autograd(const at::Tensor& grad, const at::Tensor&
                                        const at::Tensor& perm, const at::Tensor& blocks,
                                        const at::Tensor& gamma, const at::Tensor& k,
                                        const at::Tensor& lam, double p, bool magnitude, bool debias) {
+  if (!at::GradMode::is_enabled() || !(grad.requires_grad() || x.requires_grad())) {
+    // an ordinary backward (no create_graph): no node to record, skip the Function machinery
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_backward_op(grad, x, perm, blocks, gamma, k, lam, p, magnitude, debias);
+  }
   return SoftTopkBackwardFunction::apply(grad, x, perm, blocks, gamma, k, lam, p, magnitude, debias)[0];
 }
 
@@ -61,13 +77,8 @@ class SoftTopkFunction : public torch::autograd::Function<SoftTopkFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& k,
                                const at::Tensor& lam, double p, bool magnitude, bool debias,
                                bool full_sort) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("smoothprune::soft_topk_forward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
-                             bool, bool)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, perm, blocks, gamma] = op.call(x, k, lam, p, magnitude, debias, full_sort);
+    auto [y, perm, blocks, gamma] = call_forward_op(x, k, lam, p, magnitude, debias, full_sort);
     ctx->save_for_backward({x, perm, blocks, gamma, k, lam});
     ctx->saved_data["p"] = p;
     ctx->saved_data["magnitude"] = magnitude;
@@ -94,6 +105,10 @@ class SoftTopkFunction : public torch::autograd::Function<SoftTopkFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_autograd(
     const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, double p, bool magnitude,
     bool debias, bool full_sort) {
+  if (!at::GradMode::is_enabled() || !x.requires_grad()) {  // nothing to differentiate
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_forward_op(x, k, lam, p, magnitude, debias, full_sort);
+  }
   auto out = SoftTopkFunction::apply(x, k, lam, p, magnitude, debias, full_sort);
   return {out[0], out[1], out[2], out[3]};
 }

@@ -11,6 +11,22 @@
 
 namespace smoothprune {
 
+// The value of a one-element tensor: read in place when it is on the CPU (the wrappers pass k
+// and lam there), through `item()` (a dispatcher call, and a sync for a GPU tensor) otherwise.
+template <typename T>
+T read_scalar(const at::Tensor& t) {
+  if (t.device().is_cpu()) {
+    switch (t.scalar_type()) {
+      case at::kLong: return static_cast<T>(*t.const_data_ptr<int64_t>());
+      case at::kInt: return static_cast<T>(*t.const_data_ptr<int32_t>());
+      case at::kDouble: return static_cast<T>(*t.const_data_ptr<double>());
+      case at::kFloat: return static_cast<T>(*t.const_data_ptr<float>());
+      default: break;
+    }
+  }
+  return t.item<T>();
+}
+
 struct SoftTopkArgs {
   int64_t k;
   double lam;
@@ -29,13 +45,13 @@ inline SoftTopkArgs check_soft_topk_args(const char* op, const at::Tensor& x, co
                         !at::isComplexType(k.scalar_type()) && k.scalar_type() != at::kBool,
                     op, ": expected k to be an integer scalar tensor, got a ", k.scalar_type(),
                     " tensor of shape ", k.sizes());
-  const int64_t kv = k.item<int64_t>();
+  const int64_t kv = read_scalar<int64_t>(k);
   TORCH_CHECK_VALUE(kv >= 0 && kv <= n, op, ": expected 0 <= k <= ", n,
                     " (the size of the reduced dimension), got k=", kv);
   TORCH_CHECK_VALUE(lam.numel() == 1 && at::isFloatingType(lam.scalar_type()), op,
                     ": expected lam to be a floating scalar tensor, got a ", lam.scalar_type(),
                     " tensor of shape ", lam.sizes());
-  const double lv = lam.item<double>();
+  const double lv = read_scalar<double>(lam);
   TORCH_CHECK_VALUE(lv > 0 && std::isfinite(lv), op, ": expected lam > 0 and finite, got lam=", lv);
   TORCH_CHECK_VALUE(p > 1 && std::isfinite(p), op, ": expected p > 1 and finite, got p=", p);
   return {kv, lv};

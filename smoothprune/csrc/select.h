@@ -3,11 +3,12 @@
 //
 // - Small k (or small n - k): one pass keeping the k+1 largest (or the n-k+1 smallest) in a
 //   sorted buffer; after a few entries almost every key is rejected by one predictable compare.
-// - Otherwise: a value-range bucket select. Keys are spread over `nb` equal-width buckets
-//   between the row's min and max (bucket index is monotone in the key, so every key of a higher
-//   bucket is larger than every key of a lower one), a histogram locates the buckets holding
-//   ranks k and k+1, and std::nth_element runs on those few candidates only. This replaces
-//   std::nth_element over the whole row, whose data-dependent branches dominate on short rows.
+// - Otherwise: value-range buckets. Keys are spread over equal-width buckets between the row's
+//   min and max (the bucket index is monotone in the key), a histogram locates the buckets
+//   holding ranks k and k+1, and the caller settles every key of a bucket far from them without
+//   ever knowing t_k exactly (soft_topk_cpu.cpp); t_k and t_{k+1} come from std::nth_element on
+//   the few keys left. This replaces std::nth_element over the whole row, whose data-dependent
+//   branches dominate on short rows.
 #pragma once
 
 #include <algorithm>
@@ -49,55 +50,82 @@ void keep_best(const Key* key, int64_t n, int64_t m, std::vector<Key>& buf, Bett
   }
 }
 
-// mn and mx are the row's minimum and maximum key (the caller has them from its key pass).
+// Equal-width value-range buckets between a row's minimum and maximum key (mn < mx, both
+// finite): about 4 keys per bucket, between 64 and 4096 buckets. The bucket index is monotone
+// non-decreasing in the key, so a histogram locates the buckets of any rank. Arithmetic is in the
+// key type (float for every input but float64): it only guides the caller, which proves every
+// conclusion it draws exactly (soft_topk_cpu.cpp).
 template <typename Key>
-KthPair<Key> select_kth_pair(const Key* key, int64_t n, int64_t k, Key mn, Key mx, SelectWorkspace<Key>& ws) {
-  constexpr int64_t kSmall = 12;
-  if (k < kSmall) {  // the k+1 largest
-    keep_best(key, n, k + 1, ws.buf, std::greater<Key>());
-    return {ws.buf[k - 1], ws.buf[k]};
-  }
-  if (n - k < kSmall) {  // the n-k+1 smallest: t_{k+1} is the (n-k)-th smallest
-    const int64_t m = n - k + 1;
-    keep_best(key, n, m, ws.buf, std::less<Key>());
-    return {ws.buf[m - 1], ws.buf[m - 2]};
-  }
-  if (!(mn < mx)) return {mx, mx};  // all keys equal
-  // About 4 keys per bucket, between 64 and 4096 buckets.
-  const int64_t nb = std::clamp<int64_t>(n / 4, 64, 4096);
-  const double scale = static_cast<double>(nb) / (static_cast<double>(mx) - static_cast<double>(mn));
-  const double base = static_cast<double>(mn);
-  auto bucket = [&](Key v) {
-    const int64_t b = static_cast<int64_t>((static_cast<double>(v) - base) * scale);
+struct ValueBuckets {
+  int64_t nb;
+  Key base, scale;
+
+  ValueBuckets(int64_t n, Key mn, Key mx)
+      : nb(std::clamp<int64_t>(n / 4, 64, 4096)), base(mn), scale(static_cast<Key>(nb) / (mx - mn)) {}
+
+  // false when the range is so narrow (subnormal) that the scale overflows
+  bool usable() const { return scale - scale == Key(0); }
+
+  int64_t operator()(Key v) const {  // v in [mn, mx]
+    const int64_t b = static_cast<int64_t>((v - base) * scale);
     return b < nb ? b : nb - 1;
-  };
-  ws.hist.assign(nb, 0u);
-  uint32_t* hist = ws.hist.data();
-  for (int64_t i = 0; i < n; ++i) ++hist[bucket(key[i])];
-  // Buckets of rank k and k+1, from the top.
+  }
+  double width() const { return 1.0 / static_cast<double>(scale); }
+  double lower_edge(int64_t b) const { return static_cast<double>(base) + static_cast<double>(b) * width(); }
+  double upper_edge(int64_t b) const { return lower_edge(b + 1); }
+};
+
+// Where ranks k and k+1 (from the top, 1 <= k < n) fall in a histogram.
+struct RankBuckets {
+  int64_t bk;   // bucket of t_k
+  int64_t bk1;  // bucket of t_{k+1} (bk, or the next non-empty bucket below)
+};
+
+inline RankBuckets locate_ranks(const uint32_t* hist, int64_t nb, int64_t k) {
   int64_t above = 0, bk = nb - 1;
   while (above + hist[bk] < k) above += hist[bk--];
-  const int64_t rank = k - above;  // 1-based rank of t_k inside bucket bk
-  int64_t bk1 = bk;                // bucket of t_{k+1}
-  if (rank == static_cast<int64_t>(hist[bk])) {
+  int64_t bk1 = bk;
+  if (k - above == static_cast<int64_t>(hist[bk])) {  // t_k is the last key of its bucket
     bk1 = bk - 1;
     while (hist[bk1] == 0) --bk1;
   }
-  ws.cand.clear();
-  Key next_max = mn;  // the largest key of bucket bk1 when bk1 != bk
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t b = bucket(key[i]);
-    if (b == bk) {
-      ws.cand.push_back(key[i]);
-    } else if (b == bk1 && key[i] > next_max) {
-      next_max = key[i];
-    }
+  return {bk, bk1};
+}
+
+// Histogram of key[0..n) over vb's buckets. Four interleaved sub-histograms, summed at the end:
+// consecutive keys landing in one bucket would otherwise chain their increments through memory.
+template <typename Key>
+void bucket_histogram(const Key* key, int64_t n, const ValueBuckets<Key>& vb, std::vector<uint32_t>& hist) {
+  constexpr int64_t kWays = 4;
+  const int64_t nb = vb.nb;
+  hist.assign(kWays * nb, 0u);
+  uint32_t* h = hist.data();
+  int64_t i = 0;
+  for (; i + kWays <= n; i += kWays) {
+    for (int64_t u = 0; u < kWays; ++u) ++h[u * nb + vb(key[i + u])];
   }
-  auto first = ws.cand.begin();
-  std::nth_element(first, first + (rank - 1), ws.cand.end(), std::greater<Key>());
-  const Key tk = ws.cand[rank - 1];
-  const Key tk1 = bk1 == bk ? *std::max_element(first + rank, ws.cand.end()) : next_max;
-  return {tk, tk1};
+  for (; i < n; ++i) ++h[vb(key[i])];
+  for (int64_t u = 1; u < kWays; ++u) {
+    for (int64_t b = 0; b < nb; ++b) h[b] += h[u * nb + b];
+  }
+}
+
+// Selection by few ranks pays off when k (or n - k) is small: one pass keeping the best few.
+constexpr int64_t kFewRanks = 12;
+
+inline bool few_ranks(int64_t n, int64_t k) { return k < kFewRanks || n - k < kFewRanks; }
+
+// t_k and t_{k+1} of key[0..n) when few_ranks(n, k) (1 <= k < n).
+template <typename Key>
+KthPair<Key> select_few_ranks(const Key* key, int64_t n, int64_t k, SelectWorkspace<Key>& ws) {
+  if (k < kFewRanks) {  // the k+1 largest
+    keep_best(key, n, k + 1, ws.buf, std::greater<Key>());
+    return {ws.buf[k - 1], ws.buf[k]};
+  }
+  // the n-k+1 smallest: t_{k+1} is the (n-k)-th smallest
+  const int64_t m = n - k + 1;
+  keep_best(key, n, m, ws.buf, std::less<Key>());
+  return {ws.buf[m - 1], ws.buf[m - 2]};
 }
 
 }  // namespace smoothprune

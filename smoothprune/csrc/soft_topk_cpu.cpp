@@ -15,6 +15,7 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -83,17 +84,8 @@ class RowSolver {
   }
 
   void run(const scalar_t* x, scalar_t* y, int32_t* perm, int64_t* blocks, double* gamma) {
-    // One pass: keys, their range (for the selection) and finiteness (x - x is 0 iff finite).
-    bool finite = true;
-    Key mn = std::numeric_limits<Key>::infinity(), mx = -mn;
-    for (int64_t i = 0; i < n_; ++i) {
-      const Key v = static_cast<Key>(x[i]);
-      const Key key = P_.magnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
-      finite &= (v - v == Key(0));
-      mn = key < mn ? key : mn;
-      mx = key > mx ? key : mx;
-      key_[i] = key;
-    }
+    Key mn, mx;
+    const bool finite = P_.magnitude ? make_keys<true>(x, &mn, &mx) : make_keys<false>(x, &mn, &mx);
     if (!finite) {
       for (int64_t i = 0; i < n_; ++i) {
         y[i] = static_cast<scalar_t>(kNaN);
@@ -118,6 +110,42 @@ class RowSolver {
  private:
   using Key = KeyFloat<scalar_t>;
 
+  // One pass: the keys (x, or |x| for the magnitude), their range (for the selection) and
+  // whether the row is finite. The range is reduced on the keys' IEEE bits mapped to integers of
+  // the same order: integer min/max reductions vectorize, floating ones do not (without
+  // -ffast-math, which we never use).
+  template <bool kMagnitude>
+  bool make_keys(const scalar_t* x, Key* mn, Key* mx) {
+    using Bits = std::conditional_t<sizeof(Key) == 4, int32_t, int64_t>;
+    constexpr Bits kAbs = std::numeric_limits<Bits>::max();  // every bit but the sign
+    const Bits kInf = std::bit_cast<Bits>(std::numeric_limits<Key>::infinity());
+    auto ordered = [](Bits b) { return b ^ ((b >> (8 * sizeof(Bits) - 1)) & kAbs); };  // an involution
+    Bits lo = std::numeric_limits<Bits>::max(), hi = std::numeric_limits<Bits>::min(), abs_max = 0;
+    Key* key = key_.data();
+    for (int64_t i = 0; i < n_; ++i) {
+      const Key v = static_cast<Key>(x[i]);
+      const Key k = kMagnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
+      key[i] = k;
+      const Bits b = std::bit_cast<Bits>(k);
+      abs_max = std::max(abs_max, static_cast<Bits>(b & kAbs));
+      lo = std::min(lo, ordered(b));
+      hi = std::max(hi, ordered(b));
+    }
+    *mn = std::bit_cast<Key>(ordered(lo));
+    *mx = std::bit_cast<Key>(ordered(hi));
+    return abs_max < kInf;  // Inf and NaN have every exponent bit set
+  }
+
+  // The smallest key >= v and the largest key <= v (rounding outwards from float64).
+  static Key key_at_least(double v) {
+    const Key r = static_cast<Key>(v);
+    return static_cast<double>(r) < v ? std::nextafter(r, std::numeric_limits<Key>::infinity()) : r;
+  }
+  static Key key_at_most(double v) {
+    const Key r = static_cast<Key>(v);
+    return static_cast<double>(r) > v ? std::nextafter(r, -std::numeric_limits<Key>::infinity()) : r;
+  }
+
   // val^{-1}: the key whose kept-singleton value is v.
   double kept_inverse(double v) const {
     if (!P_.magnitude) return v + P_.lam;
@@ -127,42 +155,101 @@ class RowSolver {
 
   // mn and mx: the row's smallest and largest key.
   bool solve_by_selection(int32_t* perm, Key mn, Key mx, BoundaryBlock* blk) {
-    const auto [tk, tk1] = select_kth_pair(key_.data(), n_, k_, mn, mx, select_ws_);
+    // perm fills as [kept singletons ->  ...  <- pruned singletons]; `cand` holds the indices
+    // not settled yet, in index order.
+    int32_t* cand = window_.data();
+    int64_t front = 0, back = n_, nc = 0;
+    Key tk, tk1;
+    // Keys settled before t_k is known: every key > above is kept, every key < below pruned.
+    Key above = std::numeric_limits<Key>::infinity(), below = -above;
+    const ValueBuckets<Key> vb(n_, mn, mx);
+    if (few_ranks(n_, k_) || !(mn < mx)) {
+      const KthPair<Key> pair = mn < mx ? select_few_ranks(key_.data(), n_, k_, select_ws_) : KthPair<Key>{mx, mx};
+      tk = pair.tk;
+      tk1 = pair.tk1;
+      for (int64_t i = 0; i < n_; ++i) cand[i] = static_cast<int32_t>(i);
+      nc = n_;
+    } else {
+      if (!vb.usable()) return false;  // a range too narrow for buckets (subnormal): sort
+      // A histogram locates the buckets of t_k and t_{k+1}; whatever their exact values, the
+      // window (lo, hi) then lies within one bucket width of [val(lower edge of t_k's bucket),
+      // val^{-1}(upper edge)]. Everything outside is settled by one compare per key; all of it
+      // is proven below once t_k and t_{k+1} are known.
+      bucket_histogram(key_.data(), n_, vb, select_ws_.hist);
+      const RankBuckets r = locate_ranks(select_ws_.hist.data(), vb.nb, k_);
+      above = key_at_least(kept_inverse(vb.upper_edge(r.bk)) + vb.width());
+      below = key_at_most(std::min(singleton_value(vb.lower_edge(r.bk), true, P_), vb.lower_edge(r.bk1)) - vb.width());
+      const Key* key = key_.data();
+      for (int64_t i = 0; i < n_; ++i) {
+        const Key v = key[i];
+        if (v > above) {
+          perm[front++] = static_cast<int32_t>(i);
+        } else if (v < below) {
+          perm[--back] = static_cast<int32_t>(i);
+        } else {
+          cand[nc++] = static_cast<int32_t>(i);
+        }
+      }
+      // t_k has rank k - front among the candidates iff above >= t_k (otherwise >= k keys
+      // would be above), and t_{k+1} is a candidate iff below <= t_{k+1}: with both, t_k and
+      // t_{k+1} are exact. Rounding could only break them on pathological rows: sort those.
+      const int64_t rank = k_ - front;
+      if (rank < 1 || rank >= nc) return false;
+      std::vector<Key>& ck = select_ws_.cand;
+      ck.resize(nc);
+      for (int64_t c = 0; c < nc; ++c) ck[c] = key[cand[c]];
+      std::nth_element(ck.begin(), ck.begin() + (rank - 1), ck.end(), std::greater<Key>());
+      tk = ck[rank - 1];
+      tk1 = *std::max_element(ck.begin() + rank, ck.end());
+    }
     const double lo = singleton_value(static_cast<double>(tk), true, P_);
     if (!(lo < static_cast<double>(tk1))) {
       // Nothing pools: the hard top-k, ties at t_k taken in index order (as a stable sort does).
-      int64_t need = k_;
-      for (int64_t i = 0; i < n_; ++i) need -= key_[i] > tk;
-      int64_t front = 0, back = n_;
-      for (int64_t i = 0; i < n_; ++i) {
-        const bool kept = key_[i] > tk || (key_[i] == tk && need-- > 0);
-        perm[kept ? front++ : --back] = static_cast<int32_t>(i);
+      // Keys settled above are > t_k, keys settled below < t_{k+1} <= t_k (proven above).
+      int64_t need = k_ - front;
+      for (int64_t c = 0; c < nc; ++c) need -= key_[cand[c]] > tk;
+      for (int64_t c = 0; c < nc; ++c) {
+        const Key v = key_[cand[c]];
+        const bool kept = v > tk || (v == tk && need-- > 0);
+        perm[kept ? front++ : --back] = cand[c];
       }
       return true;
     }
     const double hi = kept_inverse(static_cast<double>(tk1));
-    int64_t front = 0, back = n_, m = 0;
+    if (!(static_cast<double>(above) >= hi && static_cast<double>(below) <= lo)) {
+      // The settled keys may reach into the window (only on rows whose buckets are a few
+      // roundings wide): settle again, by the exact bounds.
+      above = std::numeric_limits<Key>::infinity();
+      below = -above;
+      front = 0;
+      back = n_;
+      for (int64_t i = 0; i < n_; ++i) cand[i] = static_cast<int32_t>(i);
+      nc = n_;
+    }
+    const int64_t settled_above = front, settled_below = n_ - back;
+    int64_t m = 0;
     double above_min = INFINITY, below_max = -INFINITY;  // the window's outside neighbours
-    for (int64_t i = 0; i < n_; ++i) {
-      const double v = static_cast<double>(key_[i]);
+    for (int64_t c = 0; c < nc; ++c) {
+      const int32_t j = cand[c];
+      const double v = static_cast<double>(key_[j]);
       if (v >= hi) {
-        perm[front++] = static_cast<int32_t>(i);
+        perm[front++] = j;
         above_min = std::min(above_min, v);
       } else if (v <= lo) {
-        perm[--back] = static_cast<int32_t>(i);
+        perm[--back] = j;
         below_max = std::max(below_max, v);
       } else {
-        window_[m++] = static_cast<int32_t>(i);
+        cand[m++] = j;  // the window, compacted in place (m <= c)
       }
     }
     const int64_t n_above = front, n_below = n_ - back, k_local = k_ - n_above;
     if (k_local < 1 || k_local >= m) return false;
     ws_.resize(m);
     if (static_cast<int64_t>(s_.size()) < m) s_.resize(m);
-    for (int64_t i = 0; i < m; ++i) ws_.keys[i] = descending_key(key_[window_[i]]);
+    for (int64_t i = 0; i < m; ++i) ws_.keys[i] = descending_key(key_[cand[i]]);
     sort_keys_with_index(ws_, m);
     for (int64_t i = 0; i < m; ++i) {
-      const int32_t j = window_[ws_.idx[i]];
+      const int32_t j = cand[ws_.idx[i]];
       perm[n_above + i] = j;
       s_[i] = static_cast<double>(key_[j]);
     }
@@ -174,8 +261,30 @@ class RowSolver {
     // does, so the selection never changes a result by even one bit.
     const double g = local.a < local.b ? local.gamma : NAN;
     const double margin = 1e-9 * std::max(std::abs(static_cast<double>(mn)), std::abs(static_cast<double>(mx)));
-    if (local.a == 0 && n_above > 0 && !(singleton_value(above_min, true, P_) >= g + margin)) return false;
-    if (local.b == m && n_below > 0 && !(below_max <= g - margin)) return false;
+    if (local.a == 0 && n_above > 0) {
+      if (settled_above > 0) {
+        // The keys settled above are > `above`: visit them only if that bound is not enough.
+        double bound = static_cast<double>(above);
+        if (!(singleton_value(bound, true, P_) >= g + margin)) {
+          bound = INFINITY;
+          for (int64_t i = 0; i < settled_above; ++i) bound = std::min(bound, static_cast<double>(key_[perm[i]]));
+        }
+        above_min = std::min(above_min, bound);
+      }
+      if (!(singleton_value(above_min, true, P_) >= g + margin)) return false;
+    }
+    if (local.b == m && n_below > 0) {
+      if (settled_below > 0) {
+        // The keys settled below are < `below`: visit them only if that bound is not enough.
+        double bound = static_cast<double>(below);
+        if (!(bound <= g - margin)) {
+          bound = -INFINITY;
+          for (int64_t i = n_ - settled_below; i < n_; ++i) bound = std::max(bound, static_cast<double>(key_[perm[i]]));
+        }
+        below_max = std::max(below_max, bound);
+      }
+      if (!(below_max <= g - margin)) return false;
+    }
     *blk = {n_above + local.a, n_above + local.b, local.gamma};
     return true;
   }

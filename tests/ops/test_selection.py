@@ -48,3 +48,36 @@ def test_selection_on_pruning_scale_rows():
                 y_sel, g_sel = _run(x, 2509, lam, p, magnitude, True, False)
                 y_full, g_full = _run(x, 2509, lam, p, magnitude, True, True)
                 assert torch.equal(y_sel, y_full) and torch.equal(g_sel, g_full)
+
+
+def _adversarial_rows(dtype):
+    """Rows that stress the value-bucket selection: clustered keys (a narrow range far from 0,
+    so bucket edges round), heavy ties, a huge dynamic range, subnormal ranges, and two-point
+    masses around t_k."""
+    g = torch.Generator().manual_seed(1)
+    n = 3000
+    rows = [
+        1.0 + 1e-7 * torch.rand(n, generator=g, dtype=torch.float64),              # clustered
+        1e3 + torch.randint(0, 7, (n,), generator=g).double(),                     # 7 distinct values
+        torch.exp(8 * torch.randn(n, generator=g, dtype=torch.float64)),          # huge range
+        torch.where(torch.rand(n, generator=g) < 0.5, 0.25, -0.75).double(),       # two points
+        0.05 * torch.randn(n, generator=g, dtype=torch.float64).round(decimals=3),  # many ties
+    ]
+    tiny = torch.finfo(dtype).tiny
+    rows.append(tiny * torch.rand(n, generator=g, dtype=torch.float64))           # subnormal
+    rows.append(tiny * (1 + torch.randint(0, 3, (n,), generator=g).double()))     # a few subnormal steps
+    return torch.stack(rows).to(dtype)
+
+
+def test_selection_on_adversarial_rows():
+    for dtype in (torch.float32, torch.float64):
+        x = _adversarial_rows(dtype)
+        assert torch.isfinite(x).all()
+        for k in (12, 300, 1500, 2988):
+            for lam in (1e-9, 1e-6, 1e-3, 1.0):
+                for p in (2.0, 4 / 3):
+                    for magnitude in (False, True):
+                        y_sel, g_sel = _run(x, k, lam, p, magnitude, True, False)
+                        y_full, g_full = _run(x, k, lam, p, magnitude, True, True)
+                        assert torch.equal(y_sel, y_full), (dtype, k, lam, p, magnitude)
+                        assert torch.equal(g_sel, g_full), (dtype, k, lam, p, magnitude)
