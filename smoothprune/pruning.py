@@ -26,7 +26,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from smoothprune.nn.parametrizations import METHODS, PARAMETRIZATIONS, TopKMagParametrization
-from smoothprune.ops._checks import ALGORITHMS, check_positive
+from smoothprune.ops._checks import ALGORITHMS, check_algorithm, check_positive
 
 SCOPES = ("layer", "global", "row", "nm")
 PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -211,6 +211,7 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         raise ValueError(f"{fn}: expected p to be a finite float > 1, got {p!r}")
     method = check_method(fn, method)
     check_algorithm_name(fn, algorithm)
+    check_algorithm(fn, algorithm, p, num_iter, torch.device("cpu"))  # (num_iter, p vs Dykstra)
 
     chosen = resolve_targets(fn, model, targets, exclude)
     if not chosen:

@@ -179,6 +179,8 @@ class RowSolver {
       const RankBuckets r = locate_ranks(select_ws_.hist.data(), vb.nb, k_);
       above = key_at_least(kept_inverse(vb.upper_edge(r.bk)) + vb.width());
       below = key_at_most(std::min(singleton_value(vb.lower_edge(r.bk), true, P_), vb.lower_edge(r.bk1)) - vb.width());
+      // Every key may be in the window (a large lam): the selection cannot save anything.
+      if (!(above < mx || below > mn)) return false;
       const Key* key = key_.data();
       for (int64_t i = 0; i < n_; ++i) {
         const Key v = key[i];

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from smoothprune.ops.hard_topk import hard_topk_mag
-from smoothprune.ops.soft_topk import soft_topk_mag
+from smoothprune.ops.soft_topk import soft_topk_last_dim, soft_topk_mag
 
 METHODS = ("smooth", "hard", "ste")
 
@@ -91,33 +91,41 @@ class TopKMagParametrization(torch.nn.Module):
         _assign(self.lam, float(lam))
 
     # -- computation ---------------------------------------------------------------------------
-    def _scalars(self):
-        """(k, lam) as the operators take them.
-
-        Compiled: the 0-d buffers themselves, so that new values never recompile. Eager: k as a
-        Python int and lam as a CPU tensor, read from the buffers only when they change (their
-        version counter moves on every in-place update, load_state_dict included): reading a
-        GPU buffer is a device synchronisation, which every step would otherwise pay per tensor.
+    def _host_scalars(self):
+        """Eager CPU/CUDA: (k as an int, k and lam as 0-d CPU tensors), read from the buffers only
+        when they change (their version counter moves on every in-place update, load_state_dict
+        included): reading a GPU buffer is a device synchronisation, which every step would
+        otherwise pay per tensor. None when compiling (the 0-d buffers themselves are used, so
+        that new values never recompile) and on XLA (the device buffers, read inside the graph).
         """
         buffers = self._buffers  # direct dict access: this runs for every weight at every step
         k, lam = buffers["k"], buffers["lam"]
         if torch.compiler.is_compiling() or k.device.type not in ("cpu", "cuda"):
-            return k, lam  # (XLA: the device buffers, read inside the graph)
+            return None
         key = (k._version, lam._version, k.data_ptr(), lam.data_ptr())
         if self.__dict__.get("_host_key") != key:
-            self._host_scalars = (int(k), lam.detach().to("cpu", copy=True))
+            k_int = int(k)
+            self._host = (k_int, torch.tensor(k_int, dtype=torch.int64), lam.detach().to("cpu", torch.float64, copy=True))
             self._host_key = key
-        return self._host_scalars
+        return self._host
 
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
-        k, lam = self._scalars()
         grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
-        y = soft_topk_mag(w if grouped else w.reshape(-1, self.group_size), k, lam=lam, p=self.p,
-                          algorithm=self.algorithm, num_iter=self.num_iter, debias=self.debias)
+        rows = w if grouped else w.reshape(-1, self.group_size)
+        host = self._host_scalars()
+        if host is not None and self.algorithm != "dykstra":
+            # The exact native path without the public wrapper's checks: every argument was
+            # validated when the parametrization was built or updated (the kernel checks k, lam).
+            y = soft_topk_last_dim(rows, host[1], host[2], self.p, True, self.debias)
+        else:
+            k, lam = (host[0], host[2]) if host is not None else (self.k, self.lam)
+            y = soft_topk_mag(rows, k, lam=lam, p=self.p, algorithm=self.algorithm, num_iter=self.num_iter,
+                              debias=self.debias)
         return y if grouped else y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
-        return hard_topk_groups(w, self.group_size, self._scalars()[0])
+        host = self._host_scalars()
+        return hard_topk_groups(w, self.group_size, self.k if host is None else host[0])
 
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "

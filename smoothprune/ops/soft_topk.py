@@ -40,8 +40,18 @@ def _soft_topk_backward_fake(grad, x, perm, blocks, gamma, k, lam, p, magnitude,
 
 
 # ----------------------------------------------------------------------------------------------
-# public wrappers
+# the unchecked native path, and the public wrappers
 # ----------------------------------------------------------------------------------------------
+def soft_topk_last_dim(x, k, lam, p: float, magnitude: bool, debias: bool):
+    """The exact native solver along the last dim, without the wrappers' Python checks.
+
+    For callers whose arguments are valid by construction (the pruning parametrizations call it
+    for every weight at every step): ``x`` a floating tensor with >= 1 dim, ``k`` and ``lam``
+    0-d CPU tensors (int64, float64), ``p > 1``. The kernel still checks the values of k and lam.
+    """
+    return _OPS.soft_topk_forward(x, k, lam, p, magnitude, debias, False)[0]
+
+
 def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     _checks.check_input(fn, x)
     d = _checks.check_dim(fn, x, dim)
@@ -58,7 +68,7 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
         # k and lam travel to the native op as 0-d CPU tensors (read by the kernel).
         k_t = as_scalar_tensor(k, torch.int64, "cpu")
         lam_t = as_scalar_tensor(lam, torch.float64, "cpu")
-        y = _OPS.soft_topk_forward(x_last, k_t, lam_t, p, magnitude, debias, False)[0]
+        y = soft_topk_last_dim(x_last, k_t, lam_t, p, magnitude, debias)
     return y if last else y.movedim(-1, d)
 
 

@@ -74,6 +74,25 @@ def test_smooth_parametrization_is_soft_topk_mag_of_each_group():
     assert torch.equal(layer.weight, sp.soft_topk_mag(w_prime, w_prime.shape[1] // 2, lam=0.05, p=4 / 3, dim=1))
 
 
+@pytest.mark.parametrize("scope", ["layer", "row", "2:4"])
+def test_parametrization_fast_path_matches_the_public_operator(scope):
+    """The parametrizations call the native op without the wrapper's checks: same values, same
+    gradients as `soft_topk_mag` on each group."""
+    torch.manual_seed(3)
+    model = _model()
+    sp.prune_(model, 0.5, lam=0.02, p=2.0, scope=scope)
+    layer = model[3]
+    original = layer.parametrizations.weight.original
+    group = {"layer": original.numel(), "row": original.shape[1], "2:4": 4}[scope]
+    g = torch.randn_like(original)
+    (fast,) = torch.autograd.grad(layer.weight, original, g)
+    x = original.detach().clone().requires_grad_()
+    y = sp.soft_topk_mag(x.reshape(-1, group), group // 2, lam=0.02, p=2.0).reshape(x.shape)
+    (public,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(layer.weight, y)
+    assert torch.equal(fast, public)
+
+
 def test_ste_forward_is_hard_and_gradient_is_smooth():
     torch.manual_seed(1)
     w = torch.randn(6, 10)
@@ -146,6 +165,9 @@ BAD = [
     (dict(targets=[3]), "prune_: expected targets as (module, name) pairs, names or 're:<regex>' strings, got 3"),
     (dict(exclude="re:.*"), "prune_: expected at least one tensor to prune, the targets matched none"),
     (dict(algorithm="newton"), "prune_: expected algorithm in ('auto', 'pav', 'dykstra'), got 'newton'"),
+    (dict(algorithm="pav", num_iter=5), "prune_: num_iter applies to algorithm='dykstra' (or 'auto' on XLA) only"),
+    (dict(num_iter=0), "prune_: expected num_iter to be a positive int, got 0"),
+    (dict(algorithm="dykstra", p=1.5), "prune_: algorithm='dykstra' supports p=2 and p=4/3 only, got p=1.5"),
 ]
 
 
