@@ -6,6 +6,7 @@ does). CUDA kernels are compiled when CUDA is available or SMOOTHPRUNE_CUDA=1.
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -23,10 +24,20 @@ def _want_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _openmp_flags() -> list[str]:
+    """ATen's at::parallel_for is header code: with torch's OpenMP backend it runs chunks on
+    several threads only in code compiled with OpenMP. Without -fopenmp every chunk of our CPU
+    kernels would run on the calling thread."""
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        return ["-fopenmp"]
+    return []
+
+
 def _extension():
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]  # never -ffast-math (DESIGN 5.8)
+    openmp = _openmp_flags()
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", *openmp]  # never -ffast-math (DESIGN 5.8)
     if _want_cuda() and cuda_sources:
         return CUDAExtension(
             "smoothprune._C",
@@ -37,8 +48,9 @@ def _extension():
                 # relaxed constexpr: pav.h's std::min/std::max run on the device too
                 "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"],
             },
+            extra_link_args=openmp,
         )
-    return CppExtension("smoothprune._C", sources, extra_compile_args={"cxx": cxx_flags})
+    return CppExtension("smoothprune._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp)
 
 
 setup(

@@ -12,8 +12,11 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace smoothprune {
@@ -50,29 +53,67 @@ void keep_best(const Key* key, int64_t n, int64_t m, std::vector<Key>& buf, Bett
   }
 }
 
+// Keys mapped to unsigned integers of the same order (positive keys get the sign bit set,
+// negative ones have every bit flipped), so that "the next key up" is "+ 1".
+template <typename Key>
+struct OrderedBits {
+  using U = std::conditional_t<sizeof(Key) == 4, uint32_t, uint64_t>;
+  static constexpr U kSign = U(1) << (8 * sizeof(U) - 1);
+  static U of(Key v) {
+    const U u = std::bit_cast<U>(v);
+    return (u & kSign) ? ~u : (u | kSign);
+  }
+  static Key key(U o) { return std::bit_cast<Key>((o & kSign) ? (o & ~kSign) : ~o); }
+};
+
 // Equal-width value-range buckets between a row's minimum and maximum key (mn < mx, both
 // finite): about 4 keys per bucket, between 64 and 4096 buckets. The bucket index is monotone
-// non-decreasing in the key, so a histogram locates the buckets of any rank. Arithmetic is in the
-// key type (float for every input but float64): it only guides the caller, which proves every
-// conclusion it draws exactly (soft_topk_cpu.cpp).
+// non-decreasing in the key, so a histogram locates the buckets of any rank, and a bucket's
+// first and last key turn "the keys of the buckets above b" into "the keys > last_at_most(b)".
+// Arithmetic is in the key type (float for every input but float64).
 template <typename Key>
 struct ValueBuckets {
   int64_t nb;
-  Key base, scale;
+  Key mn, mx, scale;
 
-  ValueBuckets(int64_t n, Key mn, Key mx)
-      : nb(std::clamp<int64_t>(n / 4, 64, 4096)), base(mn), scale(static_cast<Key>(nb) / (mx - mn)) {}
+  ValueBuckets(int64_t n, Key mn_, Key mx_)
+      : nb(std::clamp<int64_t>(n / 4, 64, 4096)), mn(mn_), mx(mx_), scale(static_cast<Key>(nb) / (mx_ - mn_)) {}
 
   // false when the range is so narrow (subnormal) that the scale overflows
   bool usable() const { return scale - scale == Key(0); }
 
   int64_t operator()(Key v) const {  // v in [mn, mx]
-    const int64_t b = static_cast<int64_t>((v - base) * scale);
+    const int64_t b = static_cast<int64_t>((v - mn) * scale);
     return b < nb ? b : nb - 1;
   }
   double width() const { return 1.0 / static_cast<double>(scale); }
-  double lower_edge(int64_t b) const { return static_cast<double>(base) + static_cast<double>(b) * width(); }
+  double lower_edge(int64_t b) const { return static_cast<double>(mn) + static_cast<double>(b) * width(); }
   double upper_edge(int64_t b) const { return lower_edge(b + 1); }
+
+  // For keys v in [mn, mx]: v > last_at_most(b) iff bucket(v) > b, and v < first_at_least(b)
+  // iff bucket(v) < b. Found by bisection over the ordered bits of [mn, mx] (at most 64 steps).
+  Key last_at_most(int64_t b) const {
+    using O = OrderedBits<Key>;
+    if ((*this)(mx) <= b) return mx;
+    typename O::U lo = O::of(mn), hi = O::of(mx);  // bucket(lo) <= b < bucket(hi)
+    if ((*this)(mn) > b) return std::nextafter(mn, -std::numeric_limits<Key>::infinity());
+    while (hi - lo > 1) {
+      const auto mid = lo + (hi - lo) / 2;
+      ((*this)(O::key(mid)) <= b ? lo : hi) = mid;
+    }
+    return O::key(lo);
+  }
+  Key first_at_least(int64_t b) const {
+    using O = OrderedBits<Key>;
+    if ((*this)(mn) >= b) return mn;
+    typename O::U lo = O::of(mn), hi = O::of(mx);  // bucket(lo) < b <= bucket(hi)
+    if ((*this)(mx) < b) return std::nextafter(mx, std::numeric_limits<Key>::infinity());
+    while (hi - lo > 1) {
+      const auto mid = lo + (hi - lo) / 2;
+      ((*this)(O::key(mid)) >= b ? hi : lo) = mid;
+    }
+    return O::key(hi);
+  }
 };
 
 // Where ranks k and k+1 (from the top, 1 <= k < n) fall in a histogram.
@@ -92,21 +133,21 @@ inline RankBuckets locate_ranks(const uint32_t* hist, int64_t nb, int64_t k) {
   return {bk, bk1};
 }
 
-// Histogram of key[0..n) over vb's buckets. Four interleaved sub-histograms, summed at the end:
-// consecutive keys landing in one bucket would otherwise chain their increments through memory.
+// Histogram of key[0..n) over vb's buckets, left in ways[0..nb); `ways` holds 4 * nb counters.
+// Four interleaved sub-histograms, summed at the end: consecutive keys landing in one bucket
+// would otherwise chain their increments through memory.
 template <typename Key>
-void bucket_histogram(const Key* key, int64_t n, const ValueBuckets<Key>& vb, std::vector<uint32_t>& hist) {
+void bucket_histogram(const Key* key, int64_t n, const ValueBuckets<Key>& vb, uint32_t* ways) {
   constexpr int64_t kWays = 4;
   const int64_t nb = vb.nb;
-  hist.assign(kWays * nb, 0u);
-  uint32_t* h = hist.data();
+  std::fill(ways, ways + kWays * nb, 0u);
   int64_t i = 0;
   for (; i + kWays <= n; i += kWays) {
-    for (int64_t u = 0; u < kWays; ++u) ++h[u * nb + vb(key[i + u])];
+    for (int64_t u = 0; u < kWays; ++u) ++ways[u * nb + vb(key[i + u])];
   }
-  for (; i < n; ++i) ++h[vb(key[i])];
+  for (; i < n; ++i) ++ways[vb(key[i])];
   for (int64_t u = 1; u < kWays; ++u) {
-    for (int64_t b = 0; b < nb; ++b) h[b] += h[u * nb + b];
+    for (int64_t b = 0; b < nb; ++b) ways[b] += ways[u * nb + b];
   }
 }
 

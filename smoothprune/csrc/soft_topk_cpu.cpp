@@ -37,10 +37,11 @@ using KeyInt = std::conditional_t<std::is_same<scalar_t, double>::value, uint64_
 
 // Scratch buffers of one thread, reused across rows and across calls: allocating (and page-
 // faulting) fresh row-sized buffers on every call costs as much as the work on rows of a few
-// thousand entries. Buffers only grow; rows longer than kKeep give them back after the call.
+// thousand entries, and about as much as the work itself on a few million (measured: a 1×2.36M
+// forward re-faulting its scratch took twice as long). Buffers only grow; after a call on rows
+// longer than `keep` they are given back (release_if_large).
 template <typename scalar_t>
 struct RowScratch {
-  static constexpr int64_t kKeep = int64_t(1) << 18;
   std::vector<KeyFloat<scalar_t>> key;
   std::vector<int32_t> window;
   std::vector<double> s;  // sized when used: the window's length, or n for a full sort
@@ -52,8 +53,8 @@ struct RowScratch {
     key.resize(n);
     window.resize(n);
   }
-  void release_if_large(int64_t n) {
-    if (n > kKeep) *this = RowScratch();
+  void release_if_large(int64_t n, int64_t keep) {
+    if (n > keep) *this = RowScratch();
   }
 };
 
@@ -77,9 +78,11 @@ RowScratch<scalar_t>& thread_scratch() {
 template <typename scalar_t>
 class RowSolver {
  public:
-  RowSolver(int64_t n, int64_t k, const TopkParams& P, bool full_sort, RowScratch<scalar_t>& scratch)
-      : n_(n), k_(k), P_(P), full_sort_(full_sort), key_(scratch.key), select_ws_(scratch.select),
-        window_(scratch.window), s_(scratch.s), ws_(scratch.sort) {
+  // chunks > 1: the row's O(n) passes run on that many threads (one long row, few rows).
+  RowSolver(int64_t n, int64_t k, const TopkParams& P, bool full_sort, RowScratch<scalar_t>& scratch,
+            int64_t chunks = 1)
+      : n_(n), k_(k), P_(P), full_sort_(full_sort), chunks_(chunks), key_(scratch.key),
+        select_ws_(scratch.select), window_(scratch.window), s_(scratch.s), ws_(scratch.sort) {
     scratch.reserve(n);
   }
 
@@ -110,6 +113,18 @@ class RowSolver {
  private:
   using Key = KeyFloat<scalar_t>;
 
+  // Chunk c of the row: [chunk_begin(c), chunk_begin(c + 1)).
+  int64_t chunk_begin(int64_t c) const { return n_ * c / chunks_; }
+
+  // Runs f(c, begin, end) for every chunk, in parallel when there are several.
+  template <typename F>
+  void for_each_chunk(const F& f) const {
+    if (chunks_ == 1) return f(0, 0, n_);
+    at::parallel_for(0, chunks_, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) f(c, chunk_begin(c), chunk_begin(c + 1));
+    });
+  }
+
   // One pass: the keys (x, or |x| for the magnitude), their range (for the selection) and
   // whether the row is finite. The range is reduced on the keys' IEEE bits mapped to integers of
   // the same order: integer min/max reductions vectorize, floating ones do not (without
@@ -120,20 +135,33 @@ class RowSolver {
     constexpr Bits kAbs = std::numeric_limits<Bits>::max();  // every bit but the sign
     const Bits kInf = std::bit_cast<Bits>(std::numeric_limits<Key>::infinity());
     auto ordered = [](Bits b) { return b ^ ((b >> (8 * sizeof(Bits) - 1)) & kAbs); };  // an involution
-    Bits lo = std::numeric_limits<Bits>::max(), hi = std::numeric_limits<Bits>::min(), abs_max = 0;
+    struct Range {
+      Bits lo = std::numeric_limits<Bits>::max(), hi = std::numeric_limits<Bits>::min(), abs_max = 0;
+    };
+    std::vector<Range> ranges(chunks_);
     Key* key = key_.data();
-    for (int64_t i = 0; i < n_; ++i) {
-      const Key v = static_cast<Key>(x[i]);
-      const Key k = kMagnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
-      key[i] = k;
-      const Bits b = std::bit_cast<Bits>(k);
-      abs_max = std::max(abs_max, static_cast<Bits>(b & kAbs));
-      lo = std::min(lo, ordered(b));
-      hi = std::max(hi, ordered(b));
+    for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
+      Bits lo = std::numeric_limits<Bits>::max(), hi = std::numeric_limits<Bits>::min(), abs_max = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const Key v = static_cast<Key>(x[i]);
+        const Key k = kMagnitude ? std::abs(v) : v + Key(0);  // `+ 0` maps -0.0 to +0.0
+        key[i] = k;
+        const Bits b = std::bit_cast<Bits>(k);
+        abs_max = std::max(abs_max, static_cast<Bits>(b & kAbs));
+        lo = std::min(lo, ordered(b));
+        hi = std::max(hi, ordered(b));
+      }
+      ranges[c] = {lo, hi, abs_max};
+    });
+    Range r;
+    for (const Range& c : ranges) {
+      r.lo = std::min(r.lo, c.lo);
+      r.hi = std::max(r.hi, c.hi);
+      r.abs_max = std::max(r.abs_max, c.abs_max);
     }
-    *mn = std::bit_cast<Key>(ordered(lo));
-    *mx = std::bit_cast<Key>(ordered(hi));
-    return abs_max < kInf;  // Inf and NaN have every exponent bit set
+    *mn = std::bit_cast<Key>(ordered(r.lo));
+    *mx = std::bit_cast<Key>(ordered(r.hi));
+    return r.abs_max < kInf;  // Inf and NaN have every exponent bit set
   }
 
   // The smallest key >= v and the largest key <= v (rounding outwards from float64).
@@ -173,25 +201,58 @@ class RowSolver {
       if (!vb.usable()) return false;  // a range too narrow for buckets (subnormal): sort
       // A histogram locates the buckets of t_k and t_{k+1}; whatever their exact values, the
       // window (lo, hi) then lies within one bucket width of [val(lower edge of t_k's bucket),
-      // val^{-1}(upper edge)]. Everything outside is settled by one compare per key; all of it
-      // is proven below once t_k and t_{k+1} are known.
-      bucket_histogram(key_.data(), n_, vb, select_ws_.hist);
-      const RankBuckets r = locate_ranks(select_ws_.hist.data(), vb.nb, k_);
-      above = key_at_least(kept_inverse(vb.upper_edge(r.bk)) + vb.width());
-      below = key_at_most(std::min(singleton_value(vb.lower_edge(r.bk), true, P_), vb.lower_edge(r.bk1)) - vb.width());
-      // Every key may be in the window (a large lam): the selection cannot save anything.
-      if (!(above < mx || below > mn)) return false;
-      const Key* key = key_.data();
-      for (int64_t i = 0; i < n_; ++i) {
-        const Key v = key[i];
-        if (v > above) {
-          perm[front++] = static_cast<int32_t>(i);
-        } else if (v < below) {
-          perm[--back] = static_cast<int32_t>(i);
-        } else {
-          cand[nc++] = static_cast<int32_t>(i);
-        }
+      // val^{-1}(upper edge)]. The keys of the buckets beyond are settled by one compare each,
+      // against the first or last key of a bucket, so that each chunk's share is known from
+      // its histogram and chunks write their parts of perm in parallel. All of it is proven
+      // below once t_k and t_{k+1} are known.
+      const int64_t nb = vb.nb;
+      std::vector<uint32_t>& hist = select_ws_.hist;  // per chunk: 4 * nb counters, the first nb its counts
+      hist.resize(chunks_ * 4 * nb + nb);
+      uint32_t* total = hist.data() + chunks_ * 4 * nb;
+      for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
+        bucket_histogram(key_.data() + begin, end - begin, vb, hist.data() + c * 4 * nb);
+      });
+      std::fill(total, total + nb, 0u);
+      for (int64_t c = 0; c < chunks_; ++c) {
+        for (int64_t b = 0; b < nb; ++b) total[b] += hist[c * 4 * nb + b];
       }
+      const RankBuckets r = locate_ranks(total, nb, k_);
+      const Key above_hint = key_at_least(kept_inverse(vb.upper_edge(r.bk)) + vb.width());
+      const Key below_hint =
+          key_at_most(std::min(singleton_value(vb.lower_edge(r.bk), true, P_), vb.lower_edge(r.bk1)) - vb.width());
+      // Every key may be in the window (a large lam): the selection cannot save anything.
+      if (!(above_hint < mx || below_hint > mn)) return false;
+      const int64_t b_hi = vb(std::clamp(above_hint, mn, mx)), b_lo = vb(std::clamp(below_hint, mn, mx));
+      above = vb.last_at_most(b_hi);   // keys > above: the buckets above b_hi
+      below = vb.first_at_least(b_lo);  // keys < below: the buckets below b_lo
+      // Where each chunk writes: its settled keys after the earlier chunks', its candidates too.
+      std::vector<int64_t> offsets(3 * chunks_);  // per chunk: front, back, first candidate
+      for (int64_t c = 0; c < chunks_; ++c) {
+        const uint32_t* h = hist.data() + c * 4 * nb;
+        int64_t n_above = 0, n_below = 0;
+        for (int64_t b = b_hi + 1; b < nb; ++b) n_above += h[b];
+        for (int64_t b = 0; b < b_lo; ++b) n_below += h[b];
+        offsets[3 * c] = front;
+        offsets[3 * c + 1] = back;
+        offsets[3 * c + 2] = nc;
+        front += n_above;
+        back -= n_below;
+        nc += (chunk_begin(c + 1) - chunk_begin(c)) - n_above - n_below;
+      }
+      const Key* key = key_.data();
+      for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
+        int64_t f = offsets[3 * c], bk = offsets[3 * c + 1], m = offsets[3 * c + 2];
+        for (int64_t i = begin; i < end; ++i) {
+          const Key v = key[i];
+          if (v > above) {
+            perm[f++] = static_cast<int32_t>(i);
+          } else if (v < below) {
+            perm[--bk] = static_cast<int32_t>(i);
+          } else {
+            cand[m++] = static_cast<int32_t>(i);
+          }
+        }
+      });
       // t_k has rank k - front among the candidates iff above >= t_k (otherwise >= k keys
       // would be above), and t_{k+1} is a candidate iff below <= t_{k+1}: with both, t_k and
       // t_{k+1} are exact. Rounding could only break them on pathological rows: sort those.
@@ -303,20 +364,23 @@ class RowSolver {
     *blk = solve_sorted_row(s_.data(), n_, k_, P_);
   }
 
+  void write_kept(const scalar_t* x, scalar_t* y, int32_t j) const {  // a kept singleton
+    if (!P_.magnitude) {
+      y[j] = scalar_t(1);
+    } else if (P_.debias) {
+      y[j] = x[j];  // the de-biased kept value is x itself, exactly
+    } else {
+      const double v = kept_value(static_cast<double>(key_[j]), P_, nullptr);
+      y[j] = static_cast<scalar_t>(static_cast<double>(x[j]) < 0 ? -v : v);
+    }
+  }
+
   void write_outputs(const scalar_t* x, scalar_t* y, const int32_t* perm, const BoundaryBlock& blk) {
     // Pruned singletons (most of a pruned row): one contiguous fill instead of scattered writes.
-    std::fill(y, y + n_, scalar_t(0));
-    for (int64_t i = 0; i < blk.a; ++i) {  // kept singletons
-      const int32_t j = perm[i];
-      if (!P_.magnitude) {
-        y[j] = scalar_t(1);
-      } else if (P_.debias) {
-        y[j] = x[j];  // the de-biased kept value is x itself, exactly
-      } else {
-        const double v = kept_value(static_cast<double>(key_[j]), P_, nullptr);
-        y[j] = static_cast<scalar_t>(static_cast<double>(x[j]) < 0 ? -v : v);
-      }
-    }
+    for_each_chunk([&](int64_t, int64_t begin, int64_t end) { std::fill(y + begin, y + end, scalar_t(0)); });
+    for_each_chunk([&](int64_t c, int64_t, int64_t) {
+      for (int64_t i = blk.a * c / chunks_; i < blk.a * (c + 1) / chunks_; ++i) write_kept(x, y, perm[i]);
+    });
     for (int64_t i = blk.a; i < blk.b; ++i) {  // pooled boundary block
       const int32_t j = perm[i];
       const double z = static_cast<double>(key_[j]) - blk.gamma;
@@ -331,6 +395,7 @@ class RowSolver {
   const int64_t n_, k_;
   const TopkParams P_;
   const bool full_sort_;
+  const int64_t chunks_;
   std::vector<Key>& key_;
   SelectWorkspace<Key>& select_ws_;
   std::vector<int32_t>& window_;
@@ -338,87 +403,123 @@ class RowSolver {
   SortWorkspace<KeyInt<scalar_t>>& ws_;
 };
 
+// Fewer rows than threads (a whole weight matrix as one row, global scope): each long row is
+// split into chunks of at least kMinChunk entries whose O(n) passes run on separate threads.
+constexpr int64_t kMinChunk = int64_t(1) << 16;
+
+// Scratch kept between calls: rows up to 2^18 entries on every thread; rows up to 2^23 (a
+// global-scope row of a mid-sized model, pruned at every step) when only the calling thread
+// holds scratch (it solves the rows in chunks, or torch runs one thread): at most ~80 MB.
+constexpr int64_t kKeepPerThread = int64_t(1) << 18;
+constexpr int64_t kKeepOneRow = int64_t(1) << 23;
+
+inline int64_t chunks_per_row(int64_t rows, int64_t n) {
+  const int64_t threads = at::get_num_threads();
+  if (rows >= threads || at::in_parallel_region()) return 1;
+  return std::clamp<int64_t>(n / kMinChunk, 1, threads);
+}
+
+// [chunk c of `parts` over [0, n)) for c in parallel (or inline when parts == 1).
+template <typename F>
+void parallel_chunks(int64_t n, int64_t parts, const F& f) {
+  if (parts == 1) return f(int64_t(0), n);
+  at::parallel_for(0, parts, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) f(n * c / parts, n * (c + 1) / parts);
+  });
+}
+
 template <typename scalar_t>
 void forward_rows(const scalar_t* x_all, scalar_t* y_all, int32_t* perm_all, int64_t* blocks_all,
                   double* gamma_all, int64_t rows, int64_t n, int64_t k, const TopkParams& P,
                   bool full_sort) {
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  auto solve = [&](int64_t begin, int64_t end, int64_t chunks, int64_t keep) {
     RowScratch<scalar_t>& scratch = thread_scratch<scalar_t>();
     {
-      RowSolver<scalar_t> solver(n, k, P, full_sort, scratch);
+      RowSolver<scalar_t> solver(n, k, P, full_sort, scratch, chunks);
       for (int64_t r = begin; r < end; ++r) {
         solver.run(x_all + r * n, y_all + r * n, perm_all + r * n, blocks_all + 2 * r, gamma_all + r);
       }
     }
-    scratch.release_if_large(n);
-  });
+    scratch.release_if_large(n, keep);
+  };
+  const int64_t chunks = chunks_per_row(rows, n);
+  if (chunks > 1) return solve(0, rows, chunks, kKeepOneRow);  // rows one after another, each in parallel
+  if (at::get_num_threads() == 1) return solve(0, rows, 1, kKeepOneRow);
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { solve(begin, end, 1, kKeepPerThread); });
+}
+
+// The gradient of one row (see backward_rows); `chunks` threads share its O(n) passes.
+template <typename scalar_t>
+void backward_row(const scalar_t* g, const scalar_t* x, const int32_t* perm, int64_t a, int64_t b,
+                  double gamma, scalar_t* gx, int64_t n, int64_t k, const TopkParams& P, int64_t chunks) {
+  if (a < 0) {  // the forward saw a NaN/Inf in this row
+    parallel_chunks(n, chunks, [&](int64_t i0, int64_t i1) { std::fill(gx + i0, gx + i1, static_cast<scalar_t>(kNaN)); });
+    return;
+  }
+  parallel_chunks(n, chunks, [&](int64_t i0, int64_t i1) { std::fill(gx + i0, gx + i1, scalar_t(0)); });
+  auto sorted_value = [&](int64_t i) {
+    const double v = static_cast<double>(x[perm[i]]);
+    return P.magnitude ? std::abs(v) : v;
+  };
+  auto sign_of = [&](int32_t j) {  // sign(x) with sign(0) = +1: y is odd in x
+    return (P.magnitude && static_cast<double>(x[j]) < 0) ? -1.0 : 1.0;
+  };
+  // Kept singletons: the mask is locally constant (zero gradient); the magnitude has
+  // dy/dx = c / (c + lam^(q-1)) raw, and exactly 1 de-biased (y = x there).
+  if (P.magnitude) {
+    parallel_chunks(a, chunks, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int32_t j = perm[i];
+        double sens = 1.0;
+        if (!P.debias) {
+          double z = 0.0;
+          kept_value(sorted_value(i), P, &z);
+          const double c = psi_slope(z, P);
+          sens = c / (c + P.lam_q1);
+        }
+        gx[j] = static_cast<scalar_t>(static_cast<double>(g[j]) * sens);
+      }
+    });
+  }
+  if (a >= b) return;
+  // Pooled block: grad_s_j = (c_j / lam_q1) (g_j - Gc / D) + beta (g_j - c_j G / D),
+  // D = sum (c_i + d_i), Gc = sum g_i c_i, G = sum g_i, d_i = lam_q1 w_i (magnitude only).
+  const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
+  double D = 0.0, Gc = 0.0, G = 0.0;
+  for (int64_t i = a; i < b; ++i) {
+    const int32_t j = perm[i];
+    const double gt = static_cast<double>(g[j]) * sign_of(j);
+    const double c = psi_slope(sorted_value(i) - gamma, P);
+    D += c + ((P.magnitude && i < k) ? P.lam_q1 : 0.0);
+    Gc += gt * c;
+    G += gt;
+  }
+  if (!(D > 0)) return;  // unreachable for a block holding kept elements; stay finite
+  for (int64_t i = a; i < b; ++i) {
+    const int32_t j = perm[i];
+    const double sg = sign_of(j);
+    const double gt = static_cast<double>(g[j]) * sg;
+    const double c = psi_slope(sorted_value(i) - gamma, P);
+    const double grad_s = (c / P.lam_q1) * (gt - Gc / D) + beta * (gt - c * G / D);
+    gx[j] = static_cast<scalar_t>(sg * grad_s);
+  }
 }
 
 template <typename scalar_t>
 void backward_rows(const scalar_t* g_all, const scalar_t* x_all, const int32_t* perm_all,
                    const int64_t* blocks_all, const double* gamma_all, scalar_t* gx_all,
                    int64_t rows, int64_t n, int64_t k, const TopkParams& P) {
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1));
-  const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  auto solve = [&](int64_t begin, int64_t end, int64_t chunks) {
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* g = g_all + r * n;
-      const scalar_t* x = x_all + r * n;
-      const int32_t* perm = perm_all + r * n;
-      scalar_t* gx = gx_all + r * n;
-      const int64_t a = blocks_all[2 * r], b = blocks_all[2 * r + 1];
-      const double gamma = gamma_all[r];
-      if (a < 0) {  // the forward saw a NaN/Inf in this row
-        for (int64_t i = 0; i < n; ++i) gx[i] = static_cast<scalar_t>(kNaN);
-        continue;
-      }
-      for (int64_t i = 0; i < n; ++i) gx[i] = scalar_t(0);
-      auto sorted_value = [&](int64_t i) {
-        const double v = static_cast<double>(x[perm[i]]);
-        return P.magnitude ? std::abs(v) : v;
-      };
-      auto sign_of = [&](int32_t j) {  // sign(x) with sign(0) = +1: y is odd in x
-        return (P.magnitude && static_cast<double>(x[j]) < 0) ? -1.0 : 1.0;
-      };
-      // Kept singletons: the mask is locally constant (zero gradient); the magnitude has
-      // dy/dx = c / (c + lam^(q-1)) raw, and exactly 1 de-biased (y = x there).
-      if (P.magnitude) {
-        for (int64_t i = 0; i < a; ++i) {
-          const int32_t j = perm[i];
-          double sens = 1.0;
-          if (!P.debias) {
-            double z = 0.0;
-            kept_value(sorted_value(i), P, &z);
-            const double c = psi_slope(z, P);
-            sens = c / (c + P.lam_q1);
-          }
-          gx[j] = static_cast<scalar_t>(static_cast<double>(g[j]) * sens);
-        }
-      }
-      if (a >= b) continue;
-      // Pooled block: grad_s_j = (c_j / lam_q1) (g_j - Gc / D) + beta (g_j - c_j G / D),
-      // D = sum (c_i + d_i), Gc = sum g_i c_i, G = sum g_i, d_i = lam_q1 w_i (magnitude only).
-      double D = 0.0, Gc = 0.0, G = 0.0;
-      for (int64_t i = a; i < b; ++i) {
-        const int32_t j = perm[i];
-        const double gt = static_cast<double>(g[j]) * sign_of(j);
-        const double c = psi_slope(sorted_value(i) - gamma, P);
-        D += c + ((P.magnitude && i < k) ? P.lam_q1 : 0.0);
-        Gc += gt * c;
-        G += gt;
-      }
-      if (!(D > 0)) continue;  // unreachable for a block holding kept elements; stay finite
-      for (int64_t i = a; i < b; ++i) {
-        const int32_t j = perm[i];
-        const double sg = sign_of(j);
-        const double gt = static_cast<double>(g[j]) * sg;
-        const double c = psi_slope(sorted_value(i) - gamma, P);
-        const double grad_s = (c / P.lam_q1) * (gt - Gc / D) + beta * (gt - c * G / D);
-        gx[j] = static_cast<scalar_t>(sg * grad_s);
-      }
+      backward_row(g_all + r * n, x_all + r * n, perm_all + r * n, blocks_all[2 * r], blocks_all[2 * r + 1],
+                   gamma_all[r], gx_all + r * n, n, k, P, chunks);
     }
-  });
+  };
+  const int64_t chunks = chunks_per_row(rows, n);
+  if (chunks > 1) return solve(0, rows, chunks);
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { solve(begin, end, 1); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cpu(
