@@ -18,6 +18,15 @@ def test_ops_tables_report_every_method_and_bar(capsys):
     assert len(bars) == 3 * len(shapes) and all(isinstance(ok, bool) for ok, _ in bars.values())
 
 
+def test_step_table_reports_every_model_and_the_floor(capsys):
+    bars = bench.run_steps(torch.device("cpu"), repeats=1, batch=2, mlp_batch=4, only_mlp=True)
+    out = capsys.readouterr().out
+    assert "W'·1.0 step (ms)" in out and "W'·1.0 / unpruned" in out
+    rows = [line for line in out.splitlines() if line.startswith("| MLP")]
+    assert len(rows) == 2 and all(len(row.split("|")) == 12 for row in rows)
+    assert len(bars) == 2
+
+
 def test_full_sort_baseline_is_the_same_operator():
     x = 0.05 * torch.randn(3, 500, dtype=torch.float64)
     import smoothprune as sp
