@@ -181,90 +181,102 @@ class RowSolver {
     return v + P_.lam * std::pow(std::max(v, 0.0), P_.p - 1.0);
   }
 
+  // What the selection knows before the window: perm filled as [kept singletons -> ... <- pruned
+  // singletons] up to `front` and from `back`; cand[0..nc) the indices not settled yet, in index
+  // order; every key > above was settled as kept, every key < below as pruned; t_k and t_{k+1}.
+  struct Settled {
+    int64_t front, back, nc;
+    Key above, below, tk, tk1;
+  };
+
+  // Small k or n - k, or all keys equal: t_k and t_{k+1} directly, nothing settled yet.
+  Settled select_directly(int32_t* cand, Key mn, Key mx) {
+    const KthPair<Key> pair = mn < mx ? select_few_ranks(key_.data(), n_, k_, select_ws_) : KthPair<Key>{mx, mx};
+    for (int64_t i = 0; i < n_; ++i) cand[i] = static_cast<int32_t>(i);
+    const Key inf = std::numeric_limits<Key>::infinity();
+    return {0, n_, n_, inf, -inf, pair.tk, pair.tk1};
+  }
+
+  // A histogram locates the buckets of t_k and t_{k+1}; whatever their exact values, the window
+  // (lo, hi) then lies within one bucket width of [val(lower edge of t_k's bucket),
+  // val^{-1}(upper edge)]. The keys of the buckets beyond are settled by one compare each,
+  // against the first or last key of a bucket, so that each chunk's share is known from its
+  // histogram and chunks write their parts of perm in parallel; t_k and t_{k+1} come from the
+  // candidates left. False when the shortcut cannot help (every key may be in the window) or
+  // rounding broke it (pathological rows): the caller sorts the row.
+  bool select_by_buckets(int32_t* perm, int32_t* cand, const ValueBuckets<Key>& vb, Settled* out) {
+    const Key mn = vb.mn, mx = vb.mx;
+    const int64_t nb = vb.nb;
+    std::vector<uint32_t>& hist = select_ws_.hist;  // per chunk: 4 * nb counters, the first nb its counts
+    hist.resize(chunks_ * 4 * nb + nb);
+    uint32_t* total = hist.data() + chunks_ * 4 * nb;
+    for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
+      bucket_histogram(key_.data() + begin, end - begin, vb, hist.data() + c * 4 * nb);
+    });
+    std::fill(total, total + nb, 0u);
+    for (int64_t c = 0; c < chunks_; ++c) {
+      for (int64_t b = 0; b < nb; ++b) total[b] += hist[c * 4 * nb + b];
+    }
+    const RankBuckets r = locate_ranks(total, nb, k_);
+    const Key above_hint = key_at_least(kept_inverse(vb.upper_edge(r.bk)) + vb.width());
+    const Key below_hint =
+        key_at_most(std::min(singleton_value(vb.lower_edge(r.bk), true, P_), vb.lower_edge(r.bk1)) - vb.width());
+    if (!(above_hint < mx || below_hint > mn)) return false;  // every key may be in the window (large lam)
+    const int64_t b_hi = vb(std::clamp(above_hint, mn, mx)), b_lo = vb(std::clamp(below_hint, mn, mx));
+    const Key above = vb.last_at_most(b_hi);   // keys > above: the buckets above b_hi
+    const Key below = vb.first_at_least(b_lo);  // keys < below: the buckets below b_lo
+    // Where each chunk writes: its settled keys after the earlier chunks', its candidates too.
+    int64_t front = 0, back = n_, nc = 0;
+    std::vector<int64_t> offsets(3 * chunks_);  // per chunk: front, back, first candidate
+    for (int64_t c = 0; c < chunks_; ++c) {
+      const uint32_t* h = hist.data() + c * 4 * nb;
+      int64_t n_above = 0, n_below = 0;
+      for (int64_t b = b_hi + 1; b < nb; ++b) n_above += h[b];
+      for (int64_t b = 0; b < b_lo; ++b) n_below += h[b];
+      offsets[3 * c] = front;
+      offsets[3 * c + 1] = back;
+      offsets[3 * c + 2] = nc;
+      front += n_above;
+      back -= n_below;
+      nc += (chunk_begin(c + 1) - chunk_begin(c)) - n_above - n_below;
+    }
+    const Key* key = key_.data();
+    for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
+      int64_t f = offsets[3 * c], bk = offsets[3 * c + 1], m = offsets[3 * c + 2];
+      for (int64_t i = begin; i < end; ++i) {
+        const Key v = key[i];
+        if (v > above) {
+          perm[f++] = static_cast<int32_t>(i);
+        } else if (v < below) {
+          perm[--bk] = static_cast<int32_t>(i);
+        } else {
+          cand[m++] = static_cast<int32_t>(i);
+        }
+      }
+    });
+    // t_k has rank k - front among the candidates iff above >= t_k (otherwise >= k keys would
+    // be above), and t_{k+1} is a candidate iff below <= t_{k+1}: with both, both are exact.
+    const int64_t rank = k_ - front;
+    if (rank < 1 || rank >= nc) return false;
+    std::vector<Key>& ck = select_ws_.cand;
+    ck.resize(nc);
+    for (int64_t c = 0; c < nc; ++c) ck[c] = key[cand[c]];
+    std::nth_element(ck.begin(), ck.begin() + (rank - 1), ck.end(), std::greater<Key>());
+    *out = {front, back, nc, above, below, ck[rank - 1], *std::max_element(ck.begin() + rank, ck.end())};
+    return true;
+  }
+
   // mn and mx: the row's smallest and largest key.
   bool solve_by_selection(int32_t* perm, Key mn, Key mx, BoundaryBlock* blk) {
-    // perm fills as [kept singletons ->  ...  <- pruned singletons]; `cand` holds the indices
-    // not settled yet, in index order.
     int32_t* cand = window_.data();
-    int64_t front = 0, back = n_, nc = 0;
-    Key tk, tk1;
-    // Keys settled before t_k is known: every key > above is kept, every key < below pruned.
-    Key above = std::numeric_limits<Key>::infinity(), below = -above;
+    Settled st;
     const ValueBuckets<Key> vb(n_, mn, mx);
     if (few_ranks(n_, k_) || !(mn < mx)) {
-      const KthPair<Key> pair = mn < mx ? select_few_ranks(key_.data(), n_, k_, select_ws_) : KthPair<Key>{mx, mx};
-      tk = pair.tk;
-      tk1 = pair.tk1;
-      for (int64_t i = 0; i < n_; ++i) cand[i] = static_cast<int32_t>(i);
-      nc = n_;
-    } else {
-      if (!vb.usable()) return false;  // a range too narrow for buckets (subnormal): sort
-      // A histogram locates the buckets of t_k and t_{k+1}; whatever their exact values, the
-      // window (lo, hi) then lies within one bucket width of [val(lower edge of t_k's bucket),
-      // val^{-1}(upper edge)]. The keys of the buckets beyond are settled by one compare each,
-      // against the first or last key of a bucket, so that each chunk's share is known from
-      // its histogram and chunks write their parts of perm in parallel. All of it is proven
-      // below once t_k and t_{k+1} are known.
-      const int64_t nb = vb.nb;
-      std::vector<uint32_t>& hist = select_ws_.hist;  // per chunk: 4 * nb counters, the first nb its counts
-      hist.resize(chunks_ * 4 * nb + nb);
-      uint32_t* total = hist.data() + chunks_ * 4 * nb;
-      for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
-        bucket_histogram(key_.data() + begin, end - begin, vb, hist.data() + c * 4 * nb);
-      });
-      std::fill(total, total + nb, 0u);
-      for (int64_t c = 0; c < chunks_; ++c) {
-        for (int64_t b = 0; b < nb; ++b) total[b] += hist[c * 4 * nb + b];
-      }
-      const RankBuckets r = locate_ranks(total, nb, k_);
-      const Key above_hint = key_at_least(kept_inverse(vb.upper_edge(r.bk)) + vb.width());
-      const Key below_hint =
-          key_at_most(std::min(singleton_value(vb.lower_edge(r.bk), true, P_), vb.lower_edge(r.bk1)) - vb.width());
-      // Every key may be in the window (a large lam): the selection cannot save anything.
-      if (!(above_hint < mx || below_hint > mn)) return false;
-      const int64_t b_hi = vb(std::clamp(above_hint, mn, mx)), b_lo = vb(std::clamp(below_hint, mn, mx));
-      above = vb.last_at_most(b_hi);   // keys > above: the buckets above b_hi
-      below = vb.first_at_least(b_lo);  // keys < below: the buckets below b_lo
-      // Where each chunk writes: its settled keys after the earlier chunks', its candidates too.
-      std::vector<int64_t> offsets(3 * chunks_);  // per chunk: front, back, first candidate
-      for (int64_t c = 0; c < chunks_; ++c) {
-        const uint32_t* h = hist.data() + c * 4 * nb;
-        int64_t n_above = 0, n_below = 0;
-        for (int64_t b = b_hi + 1; b < nb; ++b) n_above += h[b];
-        for (int64_t b = 0; b < b_lo; ++b) n_below += h[b];
-        offsets[3 * c] = front;
-        offsets[3 * c + 1] = back;
-        offsets[3 * c + 2] = nc;
-        front += n_above;
-        back -= n_below;
-        nc += (chunk_begin(c + 1) - chunk_begin(c)) - n_above - n_below;
-      }
-      const Key* key = key_.data();
-      for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
-        int64_t f = offsets[3 * c], bk = offsets[3 * c + 1], m = offsets[3 * c + 2];
-        for (int64_t i = begin; i < end; ++i) {
-          const Key v = key[i];
-          if (v > above) {
-            perm[f++] = static_cast<int32_t>(i);
-          } else if (v < below) {
-            perm[--bk] = static_cast<int32_t>(i);
-          } else {
-            cand[m++] = static_cast<int32_t>(i);
-          }
-        }
-      });
-      // t_k has rank k - front among the candidates iff above >= t_k (otherwise >= k keys
-      // would be above), and t_{k+1} is a candidate iff below <= t_{k+1}: with both, t_k and
-      // t_{k+1} are exact. Rounding could only break them on pathological rows: sort those.
-      const int64_t rank = k_ - front;
-      if (rank < 1 || rank >= nc) return false;
-      std::vector<Key>& ck = select_ws_.cand;
-      ck.resize(nc);
-      for (int64_t c = 0; c < nc; ++c) ck[c] = key[cand[c]];
-      std::nth_element(ck.begin(), ck.begin() + (rank - 1), ck.end(), std::greater<Key>());
-      tk = ck[rank - 1];
-      tk1 = *std::max_element(ck.begin() + rank, ck.end());
+      st = select_directly(cand, mn, mx);
+    } else if (!vb.usable() || !select_by_buckets(perm, cand, vb, &st)) {  // (unusable: a subnormal range)
+      return false;
     }
+    auto [front, back, nc, above, below, tk, tk1] = st;
     const double lo = singleton_value(static_cast<double>(tk), true, P_);
     if (!(lo < static_cast<double>(tk1))) {
       // Nothing pools: the hard top-k, ties at t_k taken in index order (as a stable sort does).
