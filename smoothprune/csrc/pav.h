@@ -190,6 +190,27 @@ SP_HD inline double singleton_value(double s, bool kept, const TopkParams& P) {
   return P.magnitude ? kept_value(s, P, nullptr) : s - P.lam;
 }
 
+// Output of a kept singleton with input xj and key s: 1 (mask), xj itself (de-biased magnitude,
+// exactly), sign(xj) * kept_value(s) (raw magnitude).
+template <typename scalar_t>
+SP_HD inline scalar_t kept_output(scalar_t xj, double s, const TopkParams& P) {
+  if (!P.magnitude) return scalar_t(1);
+  if (P.debias) return xj;
+  const double v = kept_value(s, P, nullptr);
+  return static_cast<scalar_t>(static_cast<double>(xj) < 0 ? -v : v);
+}
+
+// Output of a member (input xj, key s) of the pooled block of value gamma. Exact outputs are
+// >= 0 in key space (the mask lies in [0, 1], the magnitude keeps sign(x)); a member whose key
+// rounds below gamma would give a tiny negative: clamp it to 0.
+template <typename scalar_t>
+SP_HD inline scalar_t block_output(scalar_t xj, double s, double gamma, const TopkParams& P) {
+  const double z = s - gamma;
+  double out = std::max(psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0), 0.0);
+  if (P.magnitude && out != 0.0 && static_cast<double>(xj) < 0) out = -out;
+  return static_cast<scalar_t>(out);
+}
+
 // Exact value of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts).
 template <typename S>
 SP_HD inline double block_value(const S* s, int64_t a, int64_t b, int64_t k, const TopkParams& P) {

@@ -376,31 +376,18 @@ class RowSolver {
     *blk = solve_sorted_row(s_.data(), n_, k_, P_);
   }
 
-  void write_kept(const scalar_t* x, scalar_t* y, int32_t j) const {  // a kept singleton
-    if (!P_.magnitude) {
-      y[j] = scalar_t(1);
-    } else if (P_.debias) {
-      y[j] = x[j];  // the de-biased kept value is x itself, exactly
-    } else {
-      const double v = kept_value(static_cast<double>(key_[j]), P_, nullptr);
-      y[j] = static_cast<scalar_t>(static_cast<double>(x[j]) < 0 ? -v : v);
-    }
-  }
-
   void write_outputs(const scalar_t* x, scalar_t* y, const int32_t* perm, const BoundaryBlock& blk) {
     // Pruned singletons (most of a pruned row): one contiguous fill instead of scattered writes.
     for_each_chunk([&](int64_t, int64_t begin, int64_t end) { std::fill(y + begin, y + end, scalar_t(0)); });
     for_each_chunk([&](int64_t c, int64_t, int64_t) {
-      for (int64_t i = blk.a * c / chunks_; i < blk.a * (c + 1) / chunks_; ++i) write_kept(x, y, perm[i]);
+      for (int64_t i = blk.a * c / chunks_; i < blk.a * (c + 1) / chunks_; ++i) {  // kept singletons
+        const int32_t j = perm[i];
+        y[j] = kept_output(x[j], static_cast<double>(key_[j]), P_);
+      }
     });
     for (int64_t i = blk.a; i < blk.b; ++i) {  // pooled boundary block
       const int32_t j = perm[i];
-      const double z = static_cast<double>(key_[j]) - blk.gamma;
-      // Exact outputs here are >= 0 (the mask lies in [0, 1], the magnitude keeps sign(x)); a
-      // member whose key rounds below gamma would give a tiny negative: clamp it to 0.
-      double out = std::max(psi(z, P_) + ((P_.magnitude && P_.debias) ? z : 0.0), 0.0);
-      if (P_.magnitude && out != 0.0 && static_cast<double>(x[j]) < 0) out = -out;
-      y[j] = static_cast<scalar_t>(out);
+      y[j] = block_output(x[j], static_cast<double>(key_[j]), blk.gamma, P_);
     }
   }
 

@@ -219,20 +219,9 @@ __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t
     if (a < 0) {
       y[dst] = static_cast<scalar_t>(NAN);
     } else if (i < a) {  // kept singleton
-      if (!P.magnitude) {
-        y[dst] = scalar_t(1);
-      } else if (P.debias) {
-        y[dst] = x[dst];  // the de-biased kept value is x itself, exactly
-      } else {
-        const double v = kept_value(static_cast<double>(sorted[t]), P, nullptr);
-        y[dst] = static_cast<scalar_t>(static_cast<double>(x[dst]) < 0 ? -v : v);
-      }
+      y[dst] = kept_output(x[dst], static_cast<double>(sorted[t]), P);
     } else if (i < b) {  // pooled boundary block
-      const double z = static_cast<double>(sorted[t]) - gamma[r];
-      // >= 0 exactly; clamp a rounding-level negative as the CPU kernel does
-      double out = std::max(psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0), 0.0);
-      if (P.magnitude && out != 0.0 && static_cast<double>(x[dst]) < 0) out = -out;
-      y[dst] = static_cast<scalar_t>(out);
+      y[dst] = block_output(x[dst], static_cast<double>(sorted[t]), gamma[r], P);
     } else {
       y[dst] = scalar_t(0);
     }
