@@ -404,7 +404,7 @@ class RowSolver {
 
 // Fewer rows than threads (a whole weight matrix as one row, global scope): each long row is
 // split into chunks of at least kMinChunk entries whose O(n) passes run on separate threads.
-constexpr int64_t kMinChunk = int64_t(1) << 16;
+constexpr int64_t kMinChunk = int64_t(1) << 13;
 
 // Scratch kept between calls: rows up to 2^18 entries on every thread; rows up to 2^23 (a
 // global-scope row of a mid-sized model, pruned at every step) when only the calling thread
