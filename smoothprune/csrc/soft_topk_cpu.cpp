@@ -11,6 +11,7 @@
 //   gamma  [rows]     f64    the pooled block's value.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -138,7 +139,7 @@ class RowSolver {
     struct Range {
       Bits lo = std::numeric_limits<Bits>::max(), hi = std::numeric_limits<Bits>::min(), abs_max = 0;
     };
-    std::vector<Range> ranges(chunks_);
+    c10::SmallVector<Range, 16> ranges(chunks_);  // (no heap allocation per row)
     Key* key = key_.data();
     for_each_chunk([&](int64_t c, int64_t begin, int64_t end) {
       Bits lo = std::numeric_limits<Bits>::max(), hi = std::numeric_limits<Bits>::min(), abs_max = 0;
@@ -227,7 +228,7 @@ class RowSolver {
     const Key below = vb.first_at_least(b_lo);  // keys < below: the buckets below b_lo
     // Where each chunk writes: its settled keys after the earlier chunks', its candidates too.
     int64_t front = 0, back = n_, nc = 0;
-    std::vector<int64_t> offsets(3 * chunks_);  // per chunk: front, back, first candidate
+    c10::SmallVector<int64_t, 48> offsets(3 * chunks_);  // per chunk: front, back, first candidate
     for (int64_t c = 0; c < chunks_; ++c) {
       const uint32_t* h = hist.data() + c * 4 * nb;
       int64_t n_above = 0, n_below = 0;
