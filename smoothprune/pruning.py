@@ -210,8 +210,7 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
         raise ValueError(f"{fn}: expected p to be a finite float > 1, got {p!r}")
     method = check_method(fn, method)
-    check_algorithm_name(fn, algorithm)
-    check_algorithm(fn, algorithm, p, num_iter, torch.device("cpu"))  # (num_iter, p vs Dykstra)
+    check_algorithm(fn, algorithm, p, num_iter, torch.device("cpu"))  # (the name, num_iter, p vs Dykstra)
 
     chosen = resolve_targets(fn, model, targets, exclude)
     if not chosen:

@@ -16,6 +16,8 @@ Three methods share this layout:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from smoothprune.ops.hard_topk import hard_topk_mag
@@ -32,6 +34,12 @@ def hard_topk_groups(w: torch.Tensor, group_size: int, k) -> torch.Tensor:
 def kept_per_group(sparsity: float, group_size: int) -> int:
     """Entries kept in a group of ``group_size`` at ``sparsity``: ``round((1 - s) * group_size)``."""
     return int(round((1.0 - float(sparsity)) * group_size))
+
+
+class _HostScalars(NamedTuple):
+    k: int
+    k_tensor: torch.Tensor  # 0-d int64, CPU
+    lam: torch.Tensor  # 0-d float64, CPU
 
 
 class TopKMagParametrization(torch.nn.Module):
@@ -91,8 +99,8 @@ class TopKMagParametrization(torch.nn.Module):
         _assign(self.lam, float(lam))
 
     # -- computation ---------------------------------------------------------------------------
-    def _host_scalars(self):
-        """Eager CPU/CUDA: (k as an int, k and lam as 0-d CPU tensors), read from the buffers only
+    def _host_scalars(self) -> _HostScalars | None:
+        """Eager CPU/CUDA: k and lam as host values (`_HostScalars`), read from the buffers only
         when they change (their version counter moves on every in-place update, load_state_dict
         included): reading a GPU buffer is a device synchronisation, which every step would
         otherwise pay per tensor. None when compiling (the 0-d buffers themselves are used, so
@@ -105,7 +113,8 @@ class TopKMagParametrization(torch.nn.Module):
         key = (k._version, lam._version, k.data_ptr(), lam.data_ptr())
         if self.__dict__.get("_host_key") != key:
             k_int = int(k)
-            self._host = (k_int, torch.tensor(k_int, dtype=torch.int64), lam.detach().to("cpu", torch.float64, copy=True))
+            self._host = _HostScalars(k_int, torch.tensor(k_int, dtype=torch.int64),
+                                      lam.detach().to("cpu", torch.float64, copy=True))
             self._host_key = key
         return self._host
 
@@ -113,19 +122,21 @@ class TopKMagParametrization(torch.nn.Module):
         grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
         rows = w if grouped else w.reshape(-1, self.group_size)
         host = self._host_scalars()
-        if host is not None and self.algorithm != "dykstra":
+        if host is None:  # compiling, or XLA: the buffers, through the public operator
+            y = soft_topk_mag(rows, self.k, lam=self.lam, p=self.p, algorithm=self.algorithm,
+                              num_iter=self.num_iter, debias=self.debias)
+        elif self.algorithm == "dykstra":
+            y = soft_topk_mag(rows, host.k, lam=host.lam, p=self.p, algorithm="dykstra", num_iter=self.num_iter,
+                              debias=self.debias)
+        else:
             # The exact native path without the public wrapper's checks: every argument was
             # validated when the parametrization was built or updated (the kernel checks k, lam).
-            y = soft_topk_last_dim(rows, host[1], host[2], self.p, True, self.debias)
-        else:
-            k, lam = (host[0], host[2]) if host is not None else (self.k, self.lam)
-            y = soft_topk_mag(rows, k, lam=lam, p=self.p, algorithm=self.algorithm, num_iter=self.num_iter,
-                              debias=self.debias)
+            y = soft_topk_last_dim(rows, host.k_tensor, host.lam, self.p, True, self.debias)
         return y if grouped else y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
         host = self._host_scalars()
-        return hard_topk_groups(w, self.group_size, self.k if host is None else host[0])
+        return hard_topk_groups(w, self.group_size, self.k if host is None else host.k)
 
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "
