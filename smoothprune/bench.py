@@ -1,7 +1,7 @@
 """Side-by-side benchmarks of the smooth top-k operators and of a smoothly pruned training step.
 
     smoothprune bench ops  [--device cpu|cuda] [--repeats 20] [--threads N] [--quick]
-    smoothprune bench step [--device cpu|cuda] [--repeats 15]
+    smoothprune bench step [--device cpu|cuda] [--repeats 15] [--compile | --cuda-graph]
 
 (also `python benchmarks/bench_ops.py` and `python benchmarks/bench_pruning_step.py`).
 
@@ -218,13 +218,19 @@ def _mlp():
                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
-def _step_fn(model, x, y, compile_step: bool = False):
+STEP_MODES = ("eager", "compile", "cuda-graph")
+
+
+def _step_fn(model, x, y, mode: str = "eager"):
+    """One SGD step of ``model`` on the batch (x, y): eager; with forward + backward compiled
+    (the optimizer step stays eager); or the whole step captured once in a CUDA graph and
+    replayed (PyTorch's whole-network capture: static inputs, gradients in the graph's pool)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
     def forward_backward():
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
-    if compile_step:  # forward and backward compiled (the optimizer step stays eager)
+    if mode == "compile":
         forward_backward = torch.compile(forward_backward)
 
     def step():
@@ -232,7 +238,20 @@ def _step_fn(model, x, y, compile_step: bool = False):
         forward_backward()
         opt.step()
 
-    return step
+    if mode != "cuda-graph":
+        return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capturing stream, as capture requires
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        forward_backward()
+        opt.step()
+    return graph.replay
 
 
 class _TimesOne(torch.nn.Module):
@@ -243,7 +262,7 @@ class _TimesOne(torch.nn.Module):
         return w * 1.0
 
 
-def bench_step(make, x, y, repeats: int, p: float, device: torch.device, compile_step: bool = False):
+def bench_step(make, x, y, repeats: int, p: float, device: torch.device, mode: str = "eager"):
     """Median seconds of an SGD step: unpruned; every Linear weight parametrized as ``W' * 1.0``
     (the floor); every Linear weight pruned (90%, layer scope) by the hard top-k (torch.topk) or
     by the smooth operator."""
@@ -258,14 +277,14 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device, compile
                 torch.nn.utils.parametrize.register_parametrization(module, tensor_name, _TimesOne())
         elif name != "unpruned":
             sp.prune_(models[name], 0.9, lam=LAM, p=p, method=name, targets=linear_weights)
-    steps = {name: _step_fn(model, x, y, compile_step) for name, model in models.items()}
+    steps = {name: _step_fn(model, x, y, mode) for name, model in models.items()}
     medians = _interleaved_medians(steps, repeats, time_call, warmups=2)
     n_params = sum(m.weight.numel() for m in models["unpruned"].modules() if isinstance(m, torch.nn.Linear))
     return n_params, medians
 
 
 def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 128, only_mlp: bool = False,
-              compile_step: bool = False) -> dict:
+              mode: str = "eager") -> dict:
     bars = {}
     print("| model | Linear weights | p | unpruned step (ms) | W'·1.0 step (ms) | hard-pruned step (ms) | "
           "smooth-pruned step (ms) | smooth / unpruned | hard / unpruned | W'·1.0 / unpruned |")
@@ -282,7 +301,7 @@ def run_steps(device: torch.device, repeats: int, batch: int, mlp_batch: int = 1
         ):
             if only_mlp and make is _vit:
                 continue
-            n_params, med = bench_step(make, x, y, reps, p, device, compile_step)
+            n_params, med = bench_step(make, x, y, reps, p, device, mode)
             ratio = med["smooth"] / med["unpruned"]
             print(f"| {name} | {n_params:,} | {p:.3g} | {med['unpruned'] * 1e3:.2f} | {med['floor'] * 1e3:.2f} | "
                   f"{med['hard'] * 1e3:.2f} | {med['smooth'] * 1e3:.2f} | {ratio:.2f}× | "
@@ -316,6 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mlp-batch", type=int, default=128, help="step: MLP batch size (default 128, the paper's)")
     parser.add_argument("--only-mlp", action="store_true", help="step: the MLP only")
     parser.add_argument("--compile", action="store_true", help="step: torch.compile forward + backward")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="step: capture the whole step in a CUDA graph and time its replays (cuda only)")
 
 
 def run(args) -> int:
@@ -326,6 +347,8 @@ def run(args) -> int:
         raise SystemExit("smoothprune bench: --device cuda asked for, but torch sees no CUDA device")
     if args.repeats < 1:
         raise SystemExit(f"smoothprune bench: expected --repeats >= 1, got {args.repeats}")
+    if args.cuda_graph and (device.type != "cuda" or args.compile):
+        raise SystemExit("smoothprune bench: --cuda-graph needs --device cuda and excludes --compile")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(_header(device))
@@ -337,7 +360,8 @@ def run(args) -> int:
             bars |= print_large_lam_table(bench_large_lam(device, args.repeats))
     if args.what in ("step", "all"):
         print()
-        bars |= run_steps(device, args.repeats, args.batch, args.mlp_batch, args.only_mlp, args.compile)
+        mode = "compile" if args.compile else "cuda-graph" if args.cuda_graph else "eager"
+        bars |= run_steps(device, args.repeats, args.batch, args.mlp_batch, args.only_mlp, mode)
     _print_bars(bars)
     return 0
 

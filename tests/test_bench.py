@@ -27,6 +27,13 @@ def test_step_table_reports_every_model_and_the_floor(capsys):
     assert len(bars) == 2
 
 
+@pytest.mark.cuda
+def test_cuda_graphed_step_table(capsys):
+    bars = bench.run_steps(torch.device("cuda"), repeats=1, batch=2, mlp_batch=4, only_mlp=True, mode="cuda-graph")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| MLP")]
+    assert len(rows) == 2 and len(bars) == 2
+
+
 def test_full_sort_baseline_is_the_same_operator():
     x = 0.05 * torch.randn(3, 500, dtype=torch.float64)
     import smoothprune as sp
@@ -37,6 +44,7 @@ def test_full_sort_baseline_is_the_same_operator():
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--device", "tpu"], "expected --device cpu or cuda, got 'tpu'"),
     (["bench", "--repeats", "0"], "expected --repeats >= 1, got 0"),
+    (["bench", "step", "--cuda-graph"], "--cuda-graph needs --device cuda and excludes --compile"),
 ])
 def test_bad_bench_arguments(argv, message):
     with pytest.raises(SystemExit, match=message):

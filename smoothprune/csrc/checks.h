@@ -32,29 +32,43 @@ struct SoftTopkArgs {
   double lam;
 };
 
-inline SoftTopkArgs check_soft_topk_args(const char* op, const at::Tensor& x, const at::Tensor& k,
-                                         const at::Tensor& lam, double p) {
+// Everything about the arguments that can be checked without reading k and lam: shapes, dtypes
+// and p. Kernels that read k and lam on the device (CUDA) stop here.
+inline void check_soft_topk_kinds(const char* op, const at::Tensor& x, const at::Tensor& k,
+                                  const at::Tensor& lam, double p) {
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": expected x with at least 1 dimension, got a 0-d tensor");
   const auto dt = x.scalar_type();
   TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
                     op, ": expected x of dtype float16, bfloat16, float32 or float64, got ", dt);
-  const int64_t n = x.size(-1);
-  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), op,
-                    ": expected fewer than 2^31 - 1 elements along the reduced dimension, got ", n);
+  TORCH_CHECK_VALUE(x.size(-1) < std::numeric_limits<int32_t>::max(), op,
+                    ": expected fewer than 2^31 - 1 elements along the reduced dimension, got ",
+                    x.size(-1));
   TORCH_CHECK_VALUE(k.numel() == 1 && !at::isFloatingType(k.scalar_type()) &&
                         !at::isComplexType(k.scalar_type()) && k.scalar_type() != at::kBool,
                     op, ": expected k to be an integer scalar tensor, got a ", k.scalar_type(),
                     " tensor of shape ", k.sizes());
-  const int64_t kv = read_scalar<int64_t>(k);
-  TORCH_CHECK_VALUE(kv >= 0 && kv <= n, op, ": expected 0 <= k <= ", n,
-                    " (the size of the reduced dimension), got k=", kv);
   TORCH_CHECK_VALUE(lam.numel() == 1 && at::isFloatingType(lam.scalar_type()), op,
                     ": expected lam to be a floating scalar tensor, got a ", lam.scalar_type(),
                     " tensor of shape ", lam.sizes());
-  const double lv = read_scalar<double>(lam);
-  TORCH_CHECK_VALUE(lv > 0 && std::isfinite(lv), op, ": expected lam > 0 and finite, got lam=", lv);
   TORCH_CHECK_VALUE(p > 1 && std::isfinite(p), op, ": expected p > 1 and finite, got p=", p);
-  return {kv, lv};
+}
+
+inline int64_t check_k_value(const char* op, int64_t k, int64_t n) {
+  TORCH_CHECK_VALUE(k >= 0 && k <= n, op, ": expected 0 <= k <= ", n,
+                    " (the size of the reduced dimension), got k=", k);
+  return k;
+}
+
+inline double check_lam_value(const char* op, double lam) {
+  TORCH_CHECK_VALUE(lam > 0 && std::isfinite(lam), op, ": expected lam > 0 and finite, got lam=", lam);
+  return lam;
+}
+
+inline SoftTopkArgs check_soft_topk_args(const char* op, const at::Tensor& x, const at::Tensor& k,
+                                         const at::Tensor& lam, double p) {
+  check_soft_topk_kinds(op, x, k, lam, p);
+  return {check_k_value(op, read_scalar<int64_t>(k), x.size(-1)),
+          check_lam_value(op, read_scalar<double>(lam))};
 }
 
 // Uninitialised outputs of soft_topk_forward for x (contiguous, >= 1 dim): y like x, and the

@@ -47,7 +47,7 @@ struct TopkParams {
   bool magnitude;
   bool debias;
 
-  static TopkParams make(double lam, double p, bool magnitude, bool debias) {
+  SP_HD static TopkParams make(double lam, double p, bool magnitude, bool debias) {
     TopkParams P;
     P.lam = lam;
     P.p = p;

@@ -38,7 +38,6 @@ def kept_per_group(sparsity: float, group_size: int) -> int:
 
 class _HostScalars(NamedTuple):
     k: int
-    k_tensor: torch.Tensor  # 0-d int64, CPU
     lam: torch.Tensor  # 0-d float64, CPU
 
 
@@ -100,11 +99,12 @@ class TopKMagParametrization(torch.nn.Module):
 
     # -- computation ---------------------------------------------------------------------------
     def _host_scalars(self) -> _HostScalars | None:
-        """Eager CPU/CUDA: k and lam as host values (`_HostScalars`), read from the buffers only
-        when they change (their version counter moves on every in-place update, load_state_dict
-        included): reading a GPU buffer is a device synchronisation, which every step would
-        otherwise pay per tensor. None when compiling (the 0-d buffers themselves are used, so
-        that new values never recompile) and on XLA (the device buffers, read inside the graph).
+        """Eager CPU/CUDA, for the operators that need k as a Python int (the hard top-k, Dykstra):
+        k and lam as host values (`_HostScalars`), read from the buffers only when they change
+        (their version counter moves on every in-place update, load_state_dict included): reading
+        a GPU buffer is a device synchronisation, which every step would otherwise pay per tensor.
+        None when compiling (the 0-d buffers themselves are used, so that new values never
+        recompile) and on XLA (the device buffers, read inside the graph).
         """
         buffers = self._buffers  # direct dict access: this runs for every weight at every step
         k, lam = buffers["k"], buffers["lam"]
@@ -113,25 +113,26 @@ class TopKMagParametrization(torch.nn.Module):
         key = (k._version, lam._version, k.data_ptr(), lam.data_ptr())
         if self.__dict__.get("_host_key") != key:
             k_int = int(k)
-            self._host = _HostScalars(k_int, torch.tensor(k_int, dtype=torch.int64),
-                                      lam.detach().to("cpu", torch.float64, copy=True))
+            self._host = _HostScalars(k_int, lam.detach().to("cpu", torch.float64, copy=True))
             self._host_key = key
         return self._host
 
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
         grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
         rows = w if grouped else w.reshape(-1, self.group_size)
-        host = self._host_scalars()
-        if host is None:  # compiling, or XLA: the buffers, through the public operator
-            y = soft_topk_mag(rows, self.k, lam=self.lam, p=self.p, algorithm=self.algorithm,
-                              num_iter=self.num_iter, debias=self.debias)
-        elif self.algorithm == "dykstra":
+        buffers = self._buffers  # direct dict access: this runs for every weight at every step
+        if self.algorithm != "dykstra" and w.device.type in ("cpu", "cuda"):
+            # The exact native path without the public wrapper's checks: every argument was
+            # validated when the parametrization was built or updated. The kernels read the k
+            # and lam buffers where they live (on a GPU without synchronising), eager or compiled,
+            # so a CUDA-graphed step follows set_sparsity / set_lam.
+            y = soft_topk_last_dim(rows, buffers["k"], buffers["lam"], self.p, True, self.debias)
+        elif (host := self._host_scalars()) is not None:  # eager Dykstra
             y = soft_topk_mag(rows, host.k, lam=host.lam, p=self.p, algorithm="dykstra", num_iter=self.num_iter,
                               debias=self.debias)
-        else:
-            # The exact native path without the public wrapper's checks: every argument was
-            # validated when the parametrization was built or updated (the kernel checks k, lam).
-            y = soft_topk_last_dim(rows, host.k_tensor, host.lam, self.p, True, self.debias)
+        else:  # compiling Dykstra, or XLA: the buffers, through the public operator
+            y = soft_topk_mag(rows, self.k, lam=self.lam, p=self.p, algorithm=self.algorithm,
+                              num_iter=self.num_iter, debias=self.debias)
         return y if grouped else y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:

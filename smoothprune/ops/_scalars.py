@@ -29,3 +29,18 @@ def as_scalar_tensor(value, dtype: torch.dtype, device=None) -> torch.Tensor:
 def _cached_scalar(value, _kind, dtype: torch.dtype, device) -> torch.Tensor:
     # `_kind` keeps 1 and 1.0 (equal and of equal hash) apart
     return torch.tensor(value, dtype=dtype, device=device)
+
+
+def native_scalar_device(x: torch.Tensor, value):
+    """Where the native op should read ``k`` or ``lam`` for an input ``x``.
+
+    On x's GPU when the value already lives there, or when compiling for a GPU: the CUDA kernels
+    then read it themselves, so a call never synchronises with the device and a compiled or
+    CUDA-graphed step holds no host transfer. On the CPU otherwise (Python numbers, CPU inputs):
+    the kernel reads it on the host, with no transfer at all.
+    """
+    if x.device.type == "cuda" and (
+        torch.compiler.is_compiling() or (isinstance(value, torch.Tensor) and value.device == x.device)
+    ):
+        return x.device
+    return "cpu"

@@ -14,7 +14,7 @@ import torch
 
 from smoothprune import _native  # noqa: F401  (loads the op library)
 from smoothprune.ops import _checks
-from smoothprune.ops._scalars import as_scalar_tensor
+from smoothprune.ops._scalars import as_scalar_tensor, native_scalar_device
 from smoothprune.ops.dykstra import dykstra_soft_topk
 
 _OPS = torch.ops.smoothprune
@@ -47,7 +47,9 @@ def soft_topk_last_dim(x, k, lam, p: float, magnitude: bool, debias: bool):
 
     For callers whose arguments are valid by construction (the pruning parametrizations call it
     for every weight at every step): ``x`` a floating tensor with >= 1 dim, ``k`` and ``lam``
-    0-d CPU tensors (int64, float64), ``p > 1``. The kernel still checks the values of k and lam.
+    0-d tensors (int64, float64) on the CPU or, for a CUDA ``x``, on x's device; ``p > 1``. The
+    kernel still checks the values of k and lam: CPU values raise, device values it cannot raise
+    for give NaN (as a row holding a NaN does).
     """
     return _OPS.soft_topk_forward(x, k, lam, p, magnitude, debias, False)[0]
 
@@ -65,9 +67,9 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     if algorithm == "dykstra":
         y = dykstra_soft_topk(x_last, k, lam, p, magnitude, debias, 10 if num_iter is None else num_iter)
     else:
-        # k and lam travel to the native op as 0-d CPU tensors (read by the kernel).
-        k_t = as_scalar_tensor(k, torch.int64, "cpu")
-        lam_t = as_scalar_tensor(lam, torch.float64, "cpu")
+        # k and lam travel to the native op as 0-d tensors, on the CPU or on x's GPU (see there)
+        k_t = as_scalar_tensor(k, torch.int64, native_scalar_device(x, k))
+        lam_t = as_scalar_tensor(lam, torch.float64, native_scalar_device(x, lam))
         y = soft_topk_last_dim(x_last, k_t, lam_t, p, magnitude, debias)
     return y if last else y.movedim(-1, d)
 

@@ -19,6 +19,9 @@
 //   3. every element is settled in parallel: kept singleton, pooled block or pruned.
 // Backward: one CUDA block per row reduces the three block sums, then every element's gradient is
 // written in parallel.
+// k and lam may be CPU tensors (read and checked on the host, as on the CPU) or 0-d tensors on
+// x's GPU, which the kernels read themselves (ScalarArgs): then a call never synchronises with the
+// device, and a CUDA graph replays with whatever values the tensors hold at replay time.
 // Only c10's CUDA headers: ATen/cuda/CUDAContext.h would pull in cuSPARSE/cuBLAS headers, which
 // a CUDA toolkit without those libraries (the CI machines') does not have.
 #include <ATen/Dispatch.h>
@@ -47,6 +50,28 @@ constexpr int64_t kLongRow = 2048;
 // torch sorts rows up to this length by a bitonic sort in shared memory, faster than cub there.
 constexpr int64_t kBitonicSortRow = 4096;
 
+// k and lam as the kernels see them: host values, or pointers to 0-d tensors on the device.
+struct ScalarArgs {
+  int64_t k;
+  double lam;
+  const int64_t* k_ptr;   // nullptr: use k
+  const double* lam_ptr;  // nullptr: use lam
+  double p;
+  bool magnitude;
+  bool debias;
+};
+
+// k and the derived parameters, read on the device. False when k or lam is invalid for rows of
+// length n (only possible for device values, host values were checked): a kernel cannot raise,
+// so such a call gives NaN in every row, as a row holding a NaN does.
+__device__ inline bool read_args(const ScalarArgs& A, int64_t n, int64_t* k, TopkParams* P) {
+  const int64_t kv = A.k_ptr != nullptr ? *A.k_ptr : A.k;
+  const double lv = A.lam_ptr != nullptr ? *A.lam_ptr : A.lam;
+  *k = kv;
+  *P = TopkParams::make(lv, A.p, A.magnitude, A.debias);
+  return kv >= 0 && kv <= n && lv > 0 && lv - lv == 0.0;
+}
+
 // Grid-stride launch size for `total` elements.
 inline int blocks_for(int64_t total) {
   const int64_t wanted = (total + kThreads - 1) / kThreads;
@@ -60,14 +85,16 @@ inline int blocks_for(int64_t total) {
 // Step 2: one thread per row. `sorted` holds the keys in descending order.
 template <typename key_t>
 __global__ void solve_rows_kernel(const key_t* __restrict__ sorted, int64_t rows, int64_t n,
-                                  int64_t k, TopkParams P, int64_t* __restrict__ blocks,
-                                  double* __restrict__ gamma) {
+                                  ScalarArgs A, int64_t* __restrict__ blocks, double* __restrict__ gamma) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
+  int64_t k;
+  TopkParams P;
+  const bool valid = read_args(A, n, &k, &P);
   const key_t* s = sorted + r * n;
   // Sorted descending (NaN first): the row is finite iff both ends are.
   const double first = s[0], last = s[n - 1];
-  if (!(first - first == 0.0) || !(last - last == 0.0)) {
+  if (!valid || !(first - first == 0.0) || !(last - last == 0.0)) {
     blocks[2 * r] = blocks[2 * r + 1] = -1;
     gamma[r] = NAN;
     return;
@@ -112,12 +139,15 @@ __device__ inline void block_sum2(double* v0, double* v1) {
 
 template <typename key_t>
 __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
-    const key_t* __restrict__ sorted, int64_t n, int64_t k, TopkParams P, int64_t* __restrict__ blocks,
+    const key_t* __restrict__ sorted, int64_t n, ScalarArgs A, int64_t* __restrict__ blocks,
     double* __restrict__ gamma) {
   const int64_t r = blockIdx.x;
+  int64_t k;
+  TopkParams P;
+  const bool valid = read_args(A, n, &k, &P);  // the same in every thread
   const key_t* s = sorted + r * n;
   const double first = s[0], last = s[n - 1];
-  if (!(first - first == 0.0) || !(last - last == 0.0)) {
+  if (!valid || !(first - first == 0.0) || !(last - last == 0.0)) {
     if (threadIdx.x == 0) {
       blocks[2 * r] = blocks[2 * r + 1] = -1;
       gamma[r] = NAN;
@@ -205,9 +235,12 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
 template <typename scalar_t, typename key_t, typename index_t>
 __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t* __restrict__ sorted,
                                      const index_t* __restrict__ order, int64_t rows, int64_t n,
-                                     TopkParams P, const int64_t* __restrict__ blocks,
+                                     ScalarArgs A, const int64_t* __restrict__ blocks,
                                      const double* __restrict__ gamma, scalar_t* __restrict__ y,
                                      int32_t* __restrict__ perm) {
+  int64_t k;
+  TopkParams P;
+  read_args(A, n, &k, &P);  // invalid values were recorded in `blocks` (a < 0) by step 2
   const int64_t total = rows * n;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -233,12 +266,15 @@ __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t
 template <typename scalar_t>
 __global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                                   const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
-                                  const double* __restrict__ gamma, int64_t n, int64_t k, TopkParams P,
+                                  const double* __restrict__ gamma, int64_t n, ScalarArgs A,
                                   double* __restrict__ sums) {
   const int64_t r = blockIdx.x;
+  int64_t k;
+  TopkParams P;
+  const bool valid = read_args(A, n, &k, &P);
   const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
   double D = 0.0, Gc = 0.0, G = 0.0;
-  if (a >= 0) {
+  if (valid && a >= 0) {
     for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
       const int64_t j = r * n + perm[r * n + i];
       const double xv = static_cast<double>(x[j]);
@@ -271,7 +307,10 @@ template <typename scalar_t>
 __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                                   const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
                                   const double* __restrict__ gamma, const double* __restrict__ sums,
-                                  int64_t rows, int64_t n, TopkParams P, scalar_t* __restrict__ gx) {
+                                  int64_t rows, int64_t n, ScalarArgs A, scalar_t* __restrict__ gx) {
+  int64_t k;
+  TopkParams P;
+  const bool valid = read_args(A, n, &k, &P);
   const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
   const int64_t total = rows * n;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
@@ -279,7 +318,7 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
     const int64_t r = t / n, i = t - r * n;
     const int64_t j = r * n + perm[t];
     const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
-    if (a < 0) {  // the forward saw a NaN/Inf in this row
+    if (!valid || a < 0) {  // the forward saw a NaN/Inf in this row, or k/lam is invalid
       gx[j] = static_cast<scalar_t>(NAN);
       continue;
     }
@@ -351,19 +390,47 @@ std::pair<at::Tensor, at::Tensor> sort_rows_descending(const at::Tensor& keys, i
   return {sorted, order};
 }
 
+// The ScalarArgs of a call: CPU tensors are read and checked here; tensors on x's device are passed
+// by pointer (as int64 / float64, converted on the device if need be; `keep` holds the converted
+// copies until the kernels are queued).
+ScalarArgs scalar_args(const char* op, const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam,
+                       double p, bool magnitude, bool debias, at::Tensor (&keep)[2]) {
+  check_soft_topk_kinds(op, x, k, lam, p);
+  ScalarArgs A{0, 0.0, nullptr, nullptr, p, magnitude, debias};
+  auto on_device = [&](const at::Tensor& t, const char* name) {
+    if (!t.is_cuda()) return false;
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": expected ", name, " on the CPU or on x's device ",
+                      x.device(), ", got a tensor on ", t.device());
+    return true;
+  };
+  if (on_device(k, "k")) {
+    keep[0] = k.to(at::kLong);
+    A.k_ptr = keep[0].const_data_ptr<int64_t>();
+  } else {
+    A.k = check_k_value(op, read_scalar<int64_t>(k), x.size(-1));
+  }
+  if (on_device(lam, "lam")) {
+    keep[1] = lam.to(at::kDouble);
+    A.lam_ptr = keep[1].const_data_ptr<double>();
+  } else {
+    A.lam = check_lam_value(op, read_scalar<double>(lam));
+  }
+  return A;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cuda(
     const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, double p, bool magnitude,
     bool debias, bool full_sort) {
   (void)full_sort;  // the CUDA path always sorts whole rows
-  const auto args = check_soft_topk_args("soft_topk_forward", x, k, lam, p);
   const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor keep[2];
+  const ScalarArgs A = scalar_args("soft_topk_forward", x, k, lam, p, magnitude, debias, keep);
   const at::Tensor xc = x.contiguous();
   const int64_t n = xc.size(-1);
   const int64_t rows = n == 0 ? 0 : xc.numel() / n;
   const ForwardOutputs out = empty_forward_outputs(xc);
   const at::Tensor &y = out.y, &perm = out.perm, &blocks = out.blocks, &gamma = out.gamma;
   if (rows == 0) return {y, perm, blocks, gamma};
-  const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_forward_cuda", [&] {
     using key_t = KeyFloat<scalar_t>;
@@ -379,18 +446,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cud
     }
     if (n >= kLongRow) {
       solve_long_rows_kernel<key_t><<<rows, kThreads, 0, stream>>>(
-          sorted.const_data_ptr<key_t>(), n, args.k, P, blocks.mutable_data_ptr<int64_t>(),
+          sorted.const_data_ptr<key_t>(), n, A, blocks.mutable_data_ptr<int64_t>(),
           gamma.mutable_data_ptr<double>());
     } else {
       solve_rows_kernel<key_t><<<(rows + 127) / 128, 128, 0, stream>>>(
-          sorted.const_data_ptr<key_t>(), rows, n, args.k, P, blocks.mutable_data_ptr<int64_t>(),
+          sorted.const_data_ptr<key_t>(), rows, n, A, blocks.mutable_data_ptr<int64_t>(),
           gamma.mutable_data_ptr<double>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     auto settle = [&](auto* order_ptr) {
       using index_t = std::remove_const_t<std::remove_pointer_t<decltype(order_ptr)>>;
       write_outputs_kernel<scalar_t, key_t, index_t><<<blocks_for(rows * n), kThreads, 0, stream>>>(
-          xc.const_data_ptr<scalar_t>(), sorted.const_data_ptr<key_t>(), order_ptr, rows, n, P,
+          xc.const_data_ptr<scalar_t>(), sorted.const_data_ptr<key_t>(), order_ptr, rows, n, A,
           blocks.const_data_ptr<int64_t>(), gamma.const_data_ptr<double>(), y.mutable_data_ptr<scalar_t>(),
           perm.mutable_data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -407,9 +474,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cud
 at::Tensor soft_topk_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& perm,
                                    const at::Tensor& blocks, const at::Tensor& gamma, const at::Tensor& k,
                                    const at::Tensor& lam, double p, bool magnitude, bool debias) {
-  const auto args = check_soft_topk_args("soft_topk_backward", x, k, lam, p);
-  check_saved_state("soft_topk_backward", grad, x, perm, blocks, gamma);
   const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor keep[2];
+  const ScalarArgs A = scalar_args("soft_topk_backward", x, k, lam, p, magnitude, debias, keep);
+  check_saved_state("soft_topk_backward", grad, x, perm, blocks, gamma);
   const at::Tensor xc = x.contiguous();
   const at::Tensor gc = grad.to(xc.scalar_type()).contiguous();
   const at::Tensor permc = perm.contiguous();
@@ -420,18 +488,17 @@ at::Tensor soft_topk_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
   at::Tensor gx = at::empty_like(xc);
   if (rows == 0) return gx;
   at::Tensor sums = at::empty({rows, 3}, xc.options().dtype(at::kDouble));
-  const TopkParams P = TopkParams::make(args.lam, p, magnitude, debias);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_backward_cuda", [&] {
     block_sums_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), permc.const_data_ptr<int32_t>(),
-        blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), n, args.k, P,
+        blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), n, A,
         sums.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     write_grad_kernel<scalar_t><<<blocks_for(rows * n), kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), permc.const_data_ptr<int32_t>(),
         blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), sums.const_data_ptr<double>(),
-        rows, n, P, gx.mutable_data_ptr<scalar_t>());
+        rows, n, A, gx.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return gx;
