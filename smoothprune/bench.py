@@ -225,6 +225,8 @@ def _step_fn(model, x, y, mode: str = "eager"):
     """One SGD step of ``model`` on the batch (x, y): eager; with forward + backward compiled
     (the optimizer step stays eager); or the whole step captured once in a CUDA graph and
     replayed (PyTorch's whole-network capture: static inputs, gradients in the graph's pool)."""
+    if mode not in STEP_MODES:
+        raise ValueError(f"bench step: expected a mode in {STEP_MODES}, got {mode!r}")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
     def forward_backward():

@@ -166,9 +166,9 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
   const double hi = s[k];
   // The block's ends for a value g: a = the first kept-side entry below th(g), b = the first
   // pruned-side entry at or below g. Both only move down as g grows, and the root search only
-  // evaluates g in [lo, hi]: so they are searched once at the bracket's ends, and afterwards only
-  // between those (a few entries at pruning scale) instead of over the whole row, which costs
-  // log2(n) dependent global loads per step of the search.
+  // evaluates g in [lo, hi]: so they are searched once at the bracket's ends, and afterwards
+  // only between those (a small part of the row at pruning scale) instead of over the whole
+  // row, which costs log2(n) dependent global loads per step of the search.
   auto threshold = [&](double g) {
     return P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
   };
