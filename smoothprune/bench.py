@@ -242,18 +242,32 @@ def _step_fn(model, x, y, mode: str = "eager"):
 
     if mode != "cuda-graph":
         return step
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capturing stream, as capture requires
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
+
+    def forward_backward_step():
         forward_backward()
         opt.step()
+
+    graph, _ = capture_cuda_graph(forward_backward_step, model.parameters())
     return graph.replay
+
+
+def capture_cuda_graph(fn, params, warmups: int = 3):
+    """Captures ``fn()`` in a CUDA graph, PyTorch's whole-network way: ``warmups`` calls on a side
+    stream first (as capture requires), then the gradients of ``params`` cleared, so that the
+    captured backward allocates them in the graph's pool. Returns the graph and what ``fn``
+    returned while captured (static tensors that every replay rewrites)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    for param in params:
+        param.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 class _TimesOne(torch.nn.Module):

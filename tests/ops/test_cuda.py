@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import smoothprune as sp
+from smoothprune import bench
 from tests.helpers import MODES
 
 pytestmark = pytest.mark.cuda
@@ -211,18 +212,8 @@ def test_cuda_graph_replays_follow_set_sparsity_and_set_lam():
         loss.backward()
         return loss
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capturing stream, as capture requires
-        for _ in range(3):
-            forward_backward()
-    torch.cuda.current_stream().wait_stream(side)
-    for param in params:
-        param.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = forward_backward()
-    static_grads = [param.grad for param in params]
+    graph, static_loss = bench.capture_cuda_graph(forward_backward, params)
+    static_grads = [param.grad for param in params]  # allocated in the graph's pool, rewritten by replays
 
     losses = []
     for sparsity, lam in ((0.5, 1e-2), (0.9, 1e-2), (0.9, 0.5)):
