@@ -323,13 +323,18 @@ SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, b
   return lo;
 }
 
+// The key below which a kept singleton's value falls under g (it then joins a block of value g):
+// g + lam g^(p-1) for the magnitude, g + lam for the mask. Non-decreasing in g.
+SP_HD inline double kept_threshold(double g, const TopkParams& P) {
+  return P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
+}
+
 template <typename S>
 SP_HD inline void find_block_general(const S* s, int64_t n, int64_t k, const TopkParams& P,
                                int64_t* a_out, int64_t* b_out) {
   auto membership = [&](double g, int64_t* a, int64_t* b) {
-    const double th = P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
     // s is descending: first i in [0, k) with s_i < th, and first i in [k, n) with s_i <= g.
-    *a = first_below(s, 0, k, th, false);
+    *a = first_below(s, 0, k, kept_threshold(g, P), false);
     *b = first_below(s, k, n, g, true);
   };
   auto phi = [&](double g, double* df) {

@@ -180,11 +180,11 @@ class RowSolver {
     return static_cast<double>(r) > v ? std::nextafter(r, -std::numeric_limits<Key>::infinity()) : r;
   }
 
-  // val^{-1}: the key whose kept-singleton value is v.
+  // val^{-1}: the key whose kept-singleton value is v: pav.h's kept_threshold, without its pow
+  // for the p = 2 magnitude (called per row, on the hot path of short rows).
   double kept_inverse(double v) const {
-    if (!P_.magnitude) return v + P_.lam;
-    if (P_.kind == PKind::kTwo) return v * (1.0 + P_.lam);
-    return v + P_.lam * std::pow(std::max(v, 0.0), P_.p - 1.0);
+    if (P_.magnitude && P_.kind == PKind::kTwo) return v * (1.0 + P_.lam);
+    return kept_threshold(v, P_);
   }
 
   // What the selection knows before the window: perm filled as [kept singletons -> ... <- pruned
@@ -281,11 +281,11 @@ class RowSolver {
   bool solve_by_selection(int32_t* perm, Key mn, Key mx, BoundaryBlock* blk) {
     int32_t* cand = window_.data();
     Settled st;
-    const ValueBuckets<Key> vb(n_, mn, mx);
     if (few_ranks(n_, k_) || !(mn < mx)) {
       st = select_directly(cand, mn, mx);
-    } else if (!vb.usable() || !select_by_buckets(perm, cand, vb, &st)) {  // (unusable: a subnormal range)
-      return false;
+    } else {
+      const ValueBuckets<Key> vb(n_, mn, mx);
+      if (!vb.usable() || !select_by_buckets(perm, cand, vb, &st)) return false;  // (unusable: a subnormal range)
     }
     const Key tk = st.tk, tk1 = st.tk1;
     const double lo = singleton_value(static_cast<double>(tk), true, P_);

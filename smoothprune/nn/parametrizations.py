@@ -112,8 +112,7 @@ class TopKMagParametrization(torch.nn.Module):
             return None
         key = (k._version, lam._version, k.data_ptr(), lam.data_ptr())
         if self.__dict__.get("_host_key") != key:
-            k_int = int(k)
-            self._host = _HostScalars(k_int, lam.detach().to("cpu", torch.float64, copy=True))
+            self._host = _HostScalars(int(k), lam.detach().to("cpu", torch.float64, copy=True))
             self._host_key = key
         return self._host
 

@@ -85,7 +85,7 @@ def test_selection_on_adversarial_rows():
 
 def test_long_rows_split_across_threads_are_bit_identical():
     """Fewer rows than threads: each long row's passes run in chunks on several threads (rows of
-    >= 2 * 65,536 entries). Outputs, saved state and gradients must not depend on the split."""
+    >= 2 * 8,192 entries). Outputs, saved state and gradients must not depend on the split."""
     g = torch.Generator().manual_seed(2)
     n = 300_000
     rows = torch.stack([

@@ -164,20 +164,17 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
   }
   const double lo = singleton_value(s[k - 1], true, P);
   const double hi = s[k];
-  // The block's ends for a value g: a = the first kept-side entry below th(g), b = the first
+  // The block's ends for a value g: a = the first kept-side entry below kept_threshold(g), b = the first
   // pruned-side entry at or below g. Both only move down as g grows, and the root search only
   // evaluates g in [lo, hi]: so they are searched once at the bracket's ends, and afterwards
   // only between those (a small part of the row at pruning scale) instead of over the whole
   // row, which costs log2(n) dependent global loads per step of the search.
-  auto threshold = [&](double g) {
-    return P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
-  };
-  const int64_t a_first = first_below(s, 0, k, threshold(hi), false);
-  const int64_t a_last = first_below(s, a_first, k, threshold(lo), false);
+  const int64_t a_first = first_below(s, 0, k, kept_threshold(hi, P), false);
+  const int64_t a_last = first_below(s, a_first, k, kept_threshold(lo, P), false);
   const int64_t b_first = first_below(s, k, n, hi, true);
   const int64_t b_last = first_below(s, b_first, n, lo, true);
   auto membership = [&](double g, int64_t* a, int64_t* b) {
-    *a = first_below(s, a_first, a_last, threshold(g), false);
+    *a = first_below(s, a_first, a_last, kept_threshold(g, P), false);
     *b = first_below(s, b_first, b_last, g, true);
   };
   // Sum over [a, b) of psi~(s_i - g) and its slope, minus the w-terms (a block equation).
