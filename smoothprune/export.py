@@ -20,61 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 
 import torch
 
-from smoothprune.nn.parametrizations import hard_topk_groups
-from smoothprune.pruning import global_allocation
+from smoothprune.checkpoint import hardened_state_dict
 
 FORMAT_VERSION = 1
 _SEP = "::"
-_PARAM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.original$")
 
 
 # ------------------------------------------------------------------------------------------------
 # from a model or a (possibly parametrized) state_dict to the hardened state_dict
 # ------------------------------------------------------------------------------------------------
-def hardened_state_dict(state_dict: dict) -> dict:
-    """Un-parametrizes a state_dict saved from a model pruned by smoothprune.
-
-    ``X.parametrizations.W.original`` (with its buffers ``X.parametrizations.W.0.k``,
-    ``.0.group``, ``.0.shared`` and ``.0.sparsity``) becomes ``X.W`` holding the exactly-k hard
-    top-k per group, as `smoothprune.harden_` would leave it: global-scope tensors (``shared``)
-    are re-allocated from the saved weights first. The parametrization buffers are dropped;
-    every other entry is kept as it is.
-
-    Raises:
-        ValueError: if a parametrized tensor lacks the buffers smoothprune saves with it.
-    """
-    out, pruned = {}, {}  # pruned: output key -> (original, buffer prefix)
-    for key, value in state_dict.items():
-        match = _PARAM_KEY.match(key)
-        if match is None:
-            if ".parametrizations." not in key:
-                out[key] = value
-            continue
-        prefix, name = match.group("prefix"), match.group("name")
-        base = f"{prefix}parametrizations.{name}.0."
-        missing = [b for b in ("k", "group", "shared", "sparsity") if base + b not in state_dict]
-        if missing:
-            raise ValueError(
-                f"hardened_state_dict: expected smoothprune's buffers {', '.join(base + b for b in missing)} "
-                f"beside {key!r}; is this tensor parametrized by something else?"
-            )
-        out[f"{prefix}{name}"] = None  # keeps the state_dict's order
-        pruned[f"{prefix}{name}"] = (value.detach(), base)
-    ks = {key: int(state_dict[base + "k"]) for key, (_, base) in pruned.items()}
-    shared = [key for key, (_, base) in pruned.items() if int(state_dict[base + "shared"])]
-    if shared:
-        sparsity = float(state_dict[pruned[shared[0]][1] + "sparsity"])
-        ks |= dict(zip(shared, global_allocation([pruned[key][0] for key in shared], sparsity)))
-    for key, (original, base) in pruned.items():
-        out[key] = hard_topk_groups(original, int(state_dict[base + "group"]), ks[key])
-    return out
-
-
 def _as_state_dict(model_or_state_dict) -> dict:
     if isinstance(model_or_state_dict, torch.nn.Module):
         return hardened_state_dict(model_or_state_dict.state_dict())
@@ -133,7 +91,7 @@ def _encode(name: str, tensor: torch.Tensor):
     return {name: t}, entry
 
 
-def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None) -> dict:
+def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, pruning: dict | None = None) -> dict:
     """Writes a compact safetensors file of a pruned model (hardened on the way out).
 
     Args:
@@ -141,6 +99,8 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None) -> d
             example ``checkpoint["state_dict"]`` of a Lightning checkpoint).
         path: the file to write (replaced atomically).
         metadata: extra str -> str entries for the file header.
+        pruning: what the file records of the pruning run (``smoothprune inspect`` shows it):
+            ``{"target_sparsity": float, "sparsity": the schedule's value, "tensors": [names]}``.
 
     Returns:
         The per-tensor metadata written (shape, dtype, encoding, nnz, sparsity).
@@ -160,15 +120,22 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None) -> d
     from safetensors.torch import save_file
 
     state = _as_state_dict(model_or_state_dict)
-    tensors, entries = {}, {}
+    tensors, entries, storages = {}, {}, set()
     for name, value in state.items():
         if _SEP in name:
             raise ValueError(f"save_sparse: expected tensor names without {_SEP!r}, got {name!r}")
         stored, entry = _encode(name, value)
+        for key, t in stored.items():  # tied tensors share storage, which safetensors refuses
+            if t.numel() and t.untyped_storage().data_ptr() in storages:
+                stored[key] = t.clone()
+            storages.add(stored[key].untyped_storage().data_ptr())
         tensors |= stored
         entries[name] = entry
     header = {str(k): str(v) for k, v in (metadata or {}).items()}
-    header["smoothprune"] = json.dumps({"format_version": FORMAT_VERSION, "tensors": entries})
+    meta = {"format_version": FORMAT_VERSION, "tensors": entries}
+    if pruning is not None:
+        meta["pruning"] = pruning
+    header["smoothprune"] = json.dumps(meta)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".smoothprune-", suffix=".tmp", dir=directory)
@@ -194,6 +161,12 @@ def _corrupt(path, why: str) -> ValueError:
 
 def read_sparse_metadata(path) -> dict:
     """The per-tensor metadata of a file written by `save_sparse` (no tensor data is read)."""
+    return read_sparse_header(path)["tensors"]
+
+
+def read_sparse_header(path) -> dict:
+    """The smoothprune metadata of a file written by `save_sparse`: ``tensors`` (per-tensor
+    metadata) and, when recorded, ``pruning`` (no tensor data is read)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -212,7 +185,7 @@ def read_sparse_metadata(path) -> dict:
         raise _corrupt(path, f"malformed metadata ({exc})") from None
     if version != FORMAT_VERSION:
         raise _corrupt(path, f"format_version {version!r}, this smoothprune reads {FORMAT_VERSION}")
-    return entries
+    return meta | {"tensors": entries}
 
 
 def load_sparse(path) -> dict[str, torch.Tensor]:

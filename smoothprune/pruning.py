@@ -26,6 +26,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from smoothprune.nn.parametrizations import METHODS, PARAMETRIZATIONS, TopKMagParametrization
+from smoothprune.nn.pruned import attach_, detach_, is_pruned, latent, specs_of
 from smoothprune.ops._checks import ALGORITHMS, check_algorithm, check_positive
 
 SCOPES = ("layer", "global", "row", "nm")
@@ -70,19 +71,21 @@ def check_method(fn: str, method) -> str:
 # ------------------------------------------------------------------------------------------------
 # targets
 # ------------------------------------------------------------------------------------------------
-def _is_pruned(module: torch.nn.Module, name: str) -> bool:
-    return parametrize.is_parametrized(module, name) and any(
-        isinstance(p, TopKMagParametrization) for p in module.parametrizations[name]
-    )
-
-
 def _tensor_names(module: torch.nn.Module) -> list[str]:
-    """Names of a module's own tensors, parametrized ones included."""
-    names = list(dict(module.named_parameters(recurse=False)))
-    names += list(dict(module.named_buffers(recurse=False)))
+    """Names of a module's own tensors, those parametrized by torch.nn.utils.parametrize included."""
+    names = list(module._parameters) + list(module._buffers)
     if parametrize.is_parametrized(module):
-        names += list(module.parametrizations.keys())
-    return names
+        names += [n for n in module.parametrizations.keys() if n not in names]
+    return [n for n in names if n in module._parameters and module._parameters[n] is not None
+            or n in module._buffers and module._buffers[n] is not None or parametrize.is_parametrized(module, n)]
+
+
+def _storage_key(module: torch.nn.Module, name: str):
+    """What identifies the stored tensor behind ``module.name``: the same Parameter held by two
+    modules (tied weights) has one key."""
+    if parametrize.is_parametrized(module, name):
+        return ("parametrized", id(module.parametrizations[name]))
+    return ("tensor", id(latent(module, name)))
 
 
 def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None) -> list[tuple[str, torch.nn.Module, str]]:
@@ -91,7 +94,8 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
     ``targets``: None (every Linear/Conv weight), or a list of ``(module, name)`` pairs,
     fully-qualified tensor names (``"encoder.0.weight"``) or ``"re:<regex>"`` patterns matched
     (``re.fullmatch``) against qualified tensor names. ``exclude`` takes the same forms except
-    pairs and removes matches.
+    pairs and removes matches. A tensor shared by several modules (tied weights) is one target,
+    named by its first holder in model order.
     """
     candidates = []  # (qualified, module, name) for every tensor in the model
     owner = {}
@@ -116,7 +120,7 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
                 mod_name = owner[id(module)]
                 chosen.append(by_name[f"{mod_name}.{name}" if mod_name else name])
             elif isinstance(t, str) and t.startswith("re:"):
-                pattern = re.compile(t[3:])
+                pattern = _compile(fn, "targets", t)
                 matches = [c for c in candidates if pattern.fullmatch(c[0])]
                 if not matches:
                     raise ValueError(f"{fn}: expected the pattern {t!r} to match a tensor of the model, it matches none")
@@ -127,17 +131,29 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
                 chosen.append(by_name[t])
             else:
                 raise ValueError(f"{fn}: expected targets as (module, name) pairs, names or 're:<regex>' strings, got {t!r}")
+    excluded = set()
     if exclude is not None:
         for e in [exclude] if isinstance(exclude, str) else exclude:
             if not isinstance(e, str):
                 raise ValueError(f"{fn}: expected exclude as names or 're:<regex>' strings, got {e!r}")
-            drop = re.compile(e[3:]).fullmatch if e.startswith("re:") else e.__eq__
-            chosen = [c for c in chosen if not drop(c[0])]
+            drop = _compile(fn, "exclude", e).fullmatch if e.startswith("re:") else e.__eq__
+            excluded |= {c[0] for c in candidates if drop(c[0])}
+    chosen = [c for c in chosen if c[0] not in excluded]
+    # one target per stored tensor; a tied tensor cannot be both pruned and excluded
+    aliases = {}
+    for qualified, module, name in candidates:
+        aliases.setdefault(_storage_key(module, name), []).append(qualified)
     seen, unique = set(), []
     for c in chosen:
-        if c[0] not in seen:
-            seen.add(c[0])
-            unique.append(c)
+        key = _storage_key(c[1], c[2])
+        if key in seen:
+            continue
+        seen.add(key)
+        clash = [q for q in aliases[key] if q in excluded]
+        if clash:
+            raise ValueError(f"{fn}: {c[0]!r} and {clash[0]!r} are one tied tensor; prune both or neither "
+                             f"(exclude both names, or neither)")
+        unique.append(c)
     for qualified, module, name in unique:
         tensor = getattr(module, name)
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() < 1:
@@ -145,17 +161,32 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
     return unique
 
 
-def pruned_tensors(model: torch.nn.Module) -> list[tuple[str, TopKMagParametrization, torch.nn.Module, str]]:
-    """Every tensor pruned by smoothprune: (qualified name, parametrization, module, tensor name)."""
-    found = []
+def _compile(fn: str, arg: str, pattern: str):
+    try:
+        return re.compile(pattern[3:])
+    except re.error as exc:
+        raise ValueError(f"{fn}: expected a valid regular expression in {arg}, got {pattern!r} ({exc})") from None
+
+
+def holders(model: torch.nn.Module) -> dict[int, list[tuple[str, torch.nn.Module, str]]]:
+    """Every (qualified name, module, tensor name) that reads a pruned tensor, by id of its spec
+    (several for a tied tensor), in model order."""
+    found: dict[int, list] = {}
     for mod_name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for name, plist in module.parametrizations.items():
-            for p in plist:
-                if isinstance(p, TopKMagParametrization):
-                    found.append((f"{mod_name}.{name}" if mod_name else name, p, module, name))
+        for name, spec in specs_of(module).items():
+            found.setdefault(id(spec), []).append((f"{mod_name}.{name}" if mod_name else name, module, name))
     return found
+
+
+def pruned_tensors(model: torch.nn.Module) -> list[tuple[str, TopKMagParametrization, torch.nn.Module, str]]:
+    """Every tensor pruned by smoothprune, once (a tied tensor under its first holder's name):
+    (qualified name, spec, module, tensor name)."""
+    out = []
+    for mod_name, module in model.named_modules():
+        for name, spec in specs_of(module).items():
+            if all(spec is not s for _, s, _, _ in out):
+                out.append((f"{mod_name}.{name}" if mod_name else name, spec, module, name))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +195,16 @@ def pruned_tensors(model: torch.nn.Module) -> list[tuple[str, TopKMagParametriza
 def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float = 2.0, method: str = "smooth",
            targets=None, exclude=None, scope="layer", algorithm: str = "auto", num_iter=None,
            debias: bool = True) -> list[str]:
-    """Re-parametrizes the chosen weights of ``model`` in place as ``W = topk_mag(W')``.
+    """Prunes the chosen weights of ``model`` in place: the module reads ``W = topk_mag(W')``.
+
+    The model stays the user's: each pruned tensor keeps its own Parameter, which holds the
+    latent ``W'`` that the optimizer trains (an optimizer built before ``prune_`` stays valid),
+    under its own name; ``module.weight`` returns the pruned weight (the hardened one in eval
+    mode); ``model.state_dict()`` holds the hardened weights under the usual keys, so it loads
+    into the unpruned model; the model pickles and deep-copies. A Parameter shared by several
+    modules (tied weights) is pruned once, with one mask, for all of them. A tensor carrying a
+    ``torch.nn.utils.parametrize`` parametrization (weight_norm, ...) is pruned on its effective
+    weight.
 
     Args:
         model: any ``nn.Module``.
@@ -183,8 +223,9 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         The qualified names of the pruned tensors.
 
     Raises:
-        ValueError: on a bad argument, a target that does not exist or is already pruned, or a
-            tensor whose shape does not fit the scope.
+        ValueError: on a bad argument, a target that does not exist or is already pruned, a
+            tensor whose shape does not fit the scope, or a parametrized tensor whose
+            parametrization has no ``right_inverse`` (its hardened weight could not be stored).
 
     Example:
         >>> import torch, smoothprune as sp
@@ -195,6 +236,8 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         0.5
     """
     fn = "prune_"
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"{fn}: expected model to be an nn.Module, got {type(model).__name__}")
     scope, n_keep, m_group = parse_scope(fn, scope)
     if scope == "nm":
         nm_sparsity = 1.0 - n_keep / m_group
@@ -216,41 +259,29 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
     if not chosen:
         raise ValueError(f"{fn}: expected at least one tensor to prune, the targets matched none")
     for qualified, module, name in chosen:
-        if _is_pruned(module, name):
+        if is_pruned(module, name):
             raise ValueError(f"{fn}: expected unpruned targets, {qualified!r} is already pruned (call harden_ first)")
+        if parametrize.is_parametrized(module, name):
+            missing = [type(q).__name__ for q in module.parametrizations[name] if not hasattr(q, "right_inverse")]
+            if missing:
+                raise ValueError(f"{fn}: {qualified!r} carries the parametrization {missing[0]} without right_inverse, "
+                                 f"so its hardened weight could not be stored; exclude it or remove the parametrization")
     groups = [_group_size(fn, qualified, tuple(getattr(module, name).shape), scope, n_keep, m_group)
               for qualified, module, name in chosen]  # every check before any change to the model
     label = f"{n_keep}:{m_group}" if scope == "nm" else scope
+    tied = {}
+    for mod_name, module in model.named_modules():
+        for name in _tensor_names(module):
+            tied.setdefault(_storage_key(module, name), []).append((module, name))
     for (_, module, name), group in zip(chosen, groups):
-        tensor = getattr(module, name)
-        parametrization = PARAMETRIZATIONS[method](
-            tensor.shape, group, sparsity, lam, p, label,
-            algorithm=algorithm, num_iter=num_iter, debias=debias,
-        )
-        if tensor.device.type in ("cpu", "cuda"):
-            parametrize.register_parametrization(module, name, parametrization.to(tensor.device))
-        else:
-            _register_off_device(module, name, tensor, parametrization)
+        tensor = latent(module, name)
+        spec = PARAMETRIZATIONS[method](tensor.shape, group, sparsity, lam, p, label,
+                                        algorithm=algorithm, num_iter=num_iter, debias=debias).to(tensor.device)
+        for holder, holder_name in tied[_storage_key(module, name)]:
+            attach_(holder, holder_name, spec)
     if scope == "global":
         refresh_global_(model)
     return [q for q, _, _ in chosen]
-
-
-def _register_off_device(module, name, tensor, parametrization) -> None:
-    """Registers on a CPU copy, then moves to ``tensor``'s device (XLA).
-
-    `register_parametrization` calls ``original.set_(original)``; on an XLA (functional) tensor
-    that freezes its storage, and every later in-place update (the optimizer step) fails with
-    "cannot mutate tensors with frozen storage". Moving an already parametrized module is fine.
-    The original becomes a new Parameter: build the optimizer after `prune_` (as Lightning does).
-    """
-    host = tensor.detach().cpu()
-    if isinstance(tensor, torch.nn.Parameter):
-        setattr(module, name, torch.nn.Parameter(host, requires_grad=tensor.requires_grad))
-    else:
-        setattr(module, name, host)  # a buffer
-    parametrize.register_parametrization(module, name, parametrization)
-    module.parametrizations[name].to(tensor.device)
 
 
 def _group_size(fn, qualified, shape, scope, n_keep, m_group) -> int:
@@ -285,12 +316,12 @@ def refresh_global_(model: torch.nn.Module) -> None:
     """Re-allocates the global-scope budget from the current weights: every global-scope tensor
     shares one target sparsity, and each tensor's ``k`` becomes its share of the global
     magnitude top-k (`global_allocation`)."""
-    members = [(p, m.parametrizations[n].original) for _, p, m, n in pruned_tensors(model) if p.scope == "global"]
+    members = [(spec, latent(m, n)) for _, spec, m, n in pruned_tensors(model) if spec.scope == "global"]
     if not members:
         return
     counts = global_allocation([w for _, w in members], float(members[0][0].sparsity))
-    for (p, _), k in zip(members, counts):
-        p.set_k(k)  # p.sparsity stays the shared target; this tensor's own share is 1 - k/numel
+    for (spec, _), k in zip(members, counts):
+        spec.set_k(k)  # spec.sparsity stays the shared target; this tensor's own share is 1 - k/numel
 
 
 def set_sparsity_(model: torch.nn.Module, sparsity: float) -> None:
@@ -298,31 +329,31 @@ def set_sparsity_(model: torch.nn.Module, sparsity: float) -> None:
 
     N:M tensors take ``k = round((1 - s) * M)``, so a schedule can ramp them to N:M."""
     sparsity = check_sparsity("set_sparsity_", sparsity)
-    for _, p, _, _ in pruned_tensors(model):
-        p.set_sparsity(sparsity)
+    for _, spec, _, _ in pruned_tensors(model):
+        spec.set_sparsity(sparsity)
     refresh_global_(model)
 
 
 def set_lam_(model: torch.nn.Module, lam: float) -> None:
     """Sets the regularization strength of every pruned tensor in place."""
     lam = check_positive("set_lam_", "lam", lam)
-    for _, p, _, _ in pruned_tensors(model):
-        p.set_lam(lam)
+    for _, spec, _, _ in pruned_tensors(model):
+        spec.set_lam(lam)
 
 
 @torch.no_grad()
-def hardened_weight(parametrization: TopKMagParametrization, original: torch.Tensor) -> torch.Tensor:
-    """The exactly-k hard top-k of ``original`` under ``parametrization``'s groups and k."""
-    return parametrization.hard(original.detach())
+def hardened_weight(spec: TopKMagParametrization, original: torch.Tensor) -> torch.Tensor:
+    """The exactly-k hard top-k of ``original`` under ``spec``'s groups and k."""
+    return spec.hard(original.detach())
 
 
 def harden_(model: torch.nn.Module) -> list[str]:
-    """Removes smoothprune's parametrizations, leaving exactly-k hard top-k weights.
+    """Ends pruning, leaving exactly-k hard top-k weights in the model's own tensors.
 
-    Each pruned tensor becomes a plain Parameter again: the *same* Parameter object that held
-    ``W'`` (so an optimizer built on the parametrized model stays valid), now holding
-    ``hard_topk_mag(W', k)`` per group. Global scope is re-allocated from the final weights
-    first, so the result is exactly the global magnitude top-k.
+    Each pruned Parameter (the *same* object that held ``W'``, so an optimizer built on the
+    pruned model stays valid) now holds ``hard_topk_mag(W', k)`` per group, and its modules are
+    plain again (their own class). Global scope is re-allocated from the final weights first,
+    so the result is exactly the global magnitude top-k.
 
     Returns:
         The qualified names of the hardened tensors.
@@ -337,13 +368,18 @@ def harden_(model: torch.nn.Module) -> list[str]:
         6
     """
     refresh_global_(model)
+    readers = holders(model)
     names = []
-    for qualified, p, module, name in pruned_tensors(model):
-        original = module.parametrizations[name].original
-        hard = hardened_weight(p, original)
-        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    for qualified, spec, module, name in pruned_tensors(model):
+        hard = hardened_weight(spec, latent(module, name))
+        for holder, holder_name in [(m, n) for _, m, n in readers[id(spec)]]:
+            detach_(holder, holder_name)
         with torch.no_grad():
-            original.copy_(hard)
+            for holder, holder_name in [(m, n) for _, m, n in readers[id(spec)]]:
+                if parametrize.is_parametrized(holder, holder_name):
+                    setattr(holder, holder_name, hard)  # through right_inverse
+                else:
+                    latent(holder, holder_name).copy_(hard)  # (a tied tensor: the same one again)
         names.append(qualified)
     return names
 
@@ -413,7 +449,9 @@ class SparsityReport:
 @torch.no_grad()
 def sparsity_report(model: torch.nn.Module, targets=None) -> SparsityReport:
     """Per-tensor and total sparsity of the pruned tensors (or, in a model with none, of
-    ``targets``: by default every Linear/Conv weight).
+    ``targets``: by default every Linear/Conv weight). For a pruned tensor, ``sparsity`` is that
+    of the weight training uses (the smooth one for method "smooth") and ``hard_sparsity`` that
+    of the hardened weight (what checkpoints and eval mode hold).
 
     Example:
         >>> import torch, smoothprune as sp
@@ -427,8 +465,8 @@ def sparsity_report(model: torch.nn.Module, targets=None) -> SparsityReport:
     pruned = pruned_tensors(model)
     if pruned:
         for qualified, p, module, name in pruned:
-            original = module.parametrizations[name].original
-            current = getattr(module, name)
+            original = latent(module, name)
+            current = p(original)  # the weight training uses (in eval mode the module reads `hard`)
             hard = hardened_weight(p, original)
             rows.append(TensorSparsity(qualified, tuple(current.shape), current.numel(), int((current == 0).sum()),
                                        int((hard == 0).sum()), float(p.sparsity), p.scope, p.method,

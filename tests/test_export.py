@@ -58,11 +58,14 @@ def test_very_sparse_tensors_use_indices(tmp_path):
     assert torch.equal(out["w"], w)
 
 
-def test_parametrized_state_dict_from_a_checkpoint_is_hardened(tmp_path):
+def test_legacy_parametrized_state_dict_is_hardened(tmp_path):
+    """State dicts written by smoothprune <= 0.1 (torch.nn.utils.parametrize keys) still export."""
+    from tests.legacy import legacy_state_dict
+
     model = _mlp()
     sp.prune_(model, 0.75, scope="row", lam=0.05)
-    state = model.state_dict()
-    assert "0.parametrizations.weight.original" in state
+    state = legacy_state_dict(model)
+    assert "0.parametrizations.weight.original" in state and "0.parametrizations.weight.0.k" in state
     sp.save_sparse(state, tmp_path / "c.safetensors")
     sp.harden_(model)
     loaded = sp.load_sparse(tmp_path / "c.safetensors")
@@ -148,6 +151,16 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "smoothprune", *args], capture_output=True, text=True, timeout=300)
 
 
+class _Evil:
+    """Unpickling it would create a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
 def test_cli_export_and_inspect(tmp_path):
     model = _mlp()
     sp.prune_(model, 0.9)
@@ -162,12 +175,20 @@ def test_cli_export_and_inspect(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     run = _cli("inspect", str(out))
     assert run.returncode == 0 and "0.weight" in run.stdout and "bitmask" in run.stdout and "0.9000" in run.stdout
-    # errors: missing file, a pickle that weights_only refuses, a corrupted sparse file
-    assert "no such checkpoint file" in _cli("export", str(tmp_path / "nope.ckpt"), "-o", str(out)).stderr
-    torch.save({"state_dict": model.state_dict(), "module": torch.nn.Linear(2, 2)}, tmp_path / "evil.ckpt")
+    # a checkpoint holding code: nothing of it runs, the tensors export, the rest is named
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": model.state_dict(), "module": torch.nn.Linear(2, 2), "evil": _Evil(str(marker))},
+               tmp_path / "evil.ckpt")
     run = _cli("export", str(tmp_path / "evil.ckpt"), "-o", str(tmp_path / "e.safetensors"))
-    assert run.returncode == 2 and "weights_only=True" in run.stderr
-    assert not (tmp_path / "e.safetensors").exists()
+    assert run.returncode == 0, run.stderr
+    assert not marker.exists()
+    assert "were not loaded (only tensors are needed): io.open, torch.nn.modules.linear.Linear" in run.stdout
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in sp.load_sparse(tmp_path / "e.safetensors").items())
+    # errors: missing file, not a checkpoint, a corrupted sparse file
+    assert "no such checkpoint file" in _cli("export", str(tmp_path / "nope.ckpt"), "-o", str(out)).stderr
+    (tmp_path / "text.ckpt").write_text("hello")
+    run = _cli("export", str(tmp_path / "text.ckpt"), "-o", str(tmp_path / "t.safetensors"))
+    assert run.returncode == 2 and "cannot read" in run.stderr and not (tmp_path / "t.safetensors").exists()
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     run = _cli("inspect", str(tmp_path / "bad.safetensors"))
     assert run.returncode == 2 and "not a valid smoothprune sparse file" in run.stderr

@@ -1,38 +1,48 @@
 """`SmoothPruning`: smooth top-k magnitude pruning as a Lightning callback.
 
-    trainer = Trainer(callbacks=[SmoothPruning(sparsity=schedules.Cubic(final=0.9, end=1000))])
+    trainer = Trainer(callbacks=[SmoothPruning(sparsity=0.9)])
 
-Lifecycle:
-  setup            re-parametrizes the chosen weights (W = topk_mag(W')) before the strategy
-                   wraps the model (DDP) and before a checkpoint is restored, so the
-                   checkpoint's keys (``...parametrizations.weight.original`` and the
-                   parametrization buffers) match on resume;
-  each update      (every ``frequency`` optimizer steps, or epochs) writes the schedules'
-                   values into the parametrizations' buffers in place and, for global scope,
-                   re-allocates the budget across tensors;
-  logging          target sparsity and lam, the hardened sparsity (total and per tensor) and
-                   the relative distance between the smooth and hardened weights, every
-                   ``log_every_n_steps`` and at the end of each epoch;
-  train end        hardens the model (``make_pruning_permanent``) and writes the compact sparse
-                   file (``export_path``, rank zero).
+Lifecycle of a fit:
+  setup           refuses sharded strategies; registers the reader of checkpoints written by
+                  smoothprune <= 0.1 (parametrized keys);
+  on_load_checkpoint   (resume) keeps the latent weights and the pruning state of the file;
+  on_fit_start    after ``configure_model``, the strategy and the optimizers: resolves the
+                  sparsity schedule (a float ramps over part of ``estimated_stepping_batches``),
+                  prunes the model (it keeps its own Parameters, which hold the latents),
+                  restores the latents of a resumed checkpoint, prunes weight-averaged copies
+                  alike and adapts monitored ModelCheckpoints and EarlyStopping (see
+                  `smoothprune.lightning.integration`);
+  each update     (every ``frequency`` optimizer steps, or epochs) writes the schedules'
+                  values into the specs in place and, for global scope, re-allocates the budget;
+  on_save_checkpoint   adds the latents and the pruning state under ``checkpoint["smoothprune"]``
+                  (the state_dict itself holds the hardened weights under the user's keys);
+  on_train_end    a run that stopped before the schedule reached its target is moved to the
+                  target, with a warning;
+  on_fit_end      after weight averaging copied its average into the model: hardens the model
+                  and writes the compact sparse file (``export_path``, rank zero).
 
 The schedules' clock is the trainer's own (``global_step`` or ``current_epoch``), so resuming
-from a checkpoint continues the schedules where they stopped; the callback's `state_dict`
-records that position and the values applied.
+from a checkpoint continues the schedules where they stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
+import warnings
+
+import torch
 
 from smoothprune import schedules
+from smoothprune.checkpoint import FORMAT_VERSION, legacy_load_hook
 from smoothprune.export import save_sparse
+from smoothprune.lightning.integration import Gates, averaged_models, mirror_pruning_, unmirror_
 from smoothprune.nn.parametrizations import METHODS
-from smoothprune.ops.dykstra import dykstra_q
+from smoothprune.nn.pruned import raw_tensors
+from smoothprune.ops._checks import check_algorithm
 from smoothprune.pruning import (
-    check_algorithm_name,
     harden_,
     parse_scope,
     prune_,
@@ -45,6 +55,14 @@ from smoothprune.pruning import (
 
 log = logging.getLogger("smoothprune.lightning")
 
+INTERVALS = ("step", "epoch")
+# A float sparsity ramps by a cubic schedule (Zhu & Gupta) over this part of training; chosen
+# by benchmarks/defaults.py (see the README's "Defaults" table).
+DEFAULT_RAMP = (0.0, 0.5)
+DEFAULT_LAM = 1e-2
+DEFAULT_P = 2.0
+_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+
 
 def _enable_console_log() -> None:
     """verbose > 0 asks for console output: give our logger a handler if nobody configured one
@@ -54,8 +72,6 @@ def _enable_console_log() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
-
-INTERVALS = ("step", "epoch")
 
 
 def _schedule(name: str, value, *, upper: float | None):
@@ -76,37 +92,79 @@ def _schedule(name: str, value, *, upper: float | None):
     return schedule
 
 
+def _check_ramp(ramp):
+    if ramp is None:
+        return None
+    ok = (isinstance(ramp, (tuple, list)) and len(ramp) == 2
+          and all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in ramp)
+          and 0.0 <= ramp[0] <= ramp[1] <= 1.0)
+    if not ok:
+        raise ValueError(f"SmoothPruning: expected ramp to be None or (begin, end) fractions of training with "
+                         f"0 <= begin <= end <= 1, got ramp={ramp!r}")
+    return float(ramp[0]), float(ramp[1])
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"SmoothPruning: expected {name} to be a bool, got {value!r}")
+    return value
+
+
+def _check_names(name: str, value):
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, tuple)) for v in items):
+        raise ValueError(f"SmoothPruning: expected {name} to be None, a name or a list of names / 're:<regex>' "
+                         f"patterns, got {value!r}")
+    return value
+
+
 class SmoothPruningImpl:
     """Smooth top-k magnitude pruning during training (works with `pytorch_lightning` and
     `lightning.pytorch` Trainers alike).
 
     Args:
-        sparsity: target sparsity, a float in [0, 1] or a schedule (a `smoothprune.schedules`
-            object or a mapping ``{"name": "cubic", "final": 0.9, ...}`` as written in YAML).
+        sparsity: the target sparsity, a float in [0, 1] (reached by the ``ramp`` schedule), or
+            a schedule (a `smoothprune.schedules` object or a mapping ``{"name": "cubic",
+            "final": 0.9, ...}`` as written in YAML), used as given.
         lam: regularization strength, a float > 0 or a schedule (e.g. Exponential, to anneal
             toward the hard operator).
         p: regularization exponent > 1 (2 or 4/3 in the paper).
-        method: ``"smooth"``, ``"hard"`` (the hard top-k baseline) or ``"ste"``.
+        method: ``"smooth"``, ``"hard"`` (gradual magnitude pruning) or ``"ste"``.
         scope: ``"layer"``, ``"global"``, ``"row"``, ``"nm"`` (2:4) or ``"N:M"``.
+        ramp: for a float ``sparsity``: ``(begin, end)`` fractions of the training length
+            (``trainer.estimated_stepping_batches``, or ``max_epochs`` for ``interval="epoch"``)
+            over which a cubic schedule ramps the sparsity from 0 to its target; ``None`` prunes
+            at the target from the first step.
         parameters_to_prune: targets as in :func:`smoothprune.prune_` (default: every Linear and
             Conv weight); ``exclude`` removes names or ``"re:"`` patterns.
         interval: ``"step"`` (schedules count optimizer steps) or ``"epoch"``.
         frequency: update every ``frequency`` intervals.
-        make_pruning_permanent: harden the model when training ends.
+        make_pruning_permanent: harden the model when fit ends.
         export_path: if set, write the hardened model there (`smoothprune.save_sparse`) when
-            training ends.
+            fit ends.
         verbose: 0 silent, 1 a summary line per epoch and the final report, 2 also per tensor.
         algorithm, num_iter: the smooth operator's solver (``"auto"``: PAV on CPU/CUDA,
             Dykstra on XLA).
+        best_at_target: monitored ModelCheckpoints rank (and copy to ``last.ckpt``) only
+            checkpoints written at the target sparsity.
+        hold_early_stopping: EarlyStopping waits for the target sparsity; its patience counts
+            from there.
+        finish_at_target: a fit that ends before the schedule reaches its target (``max_time``,
+            ``max_steps``, an interrupt) is hardened at the target sparsity, with a warning.
 
     Raises:
         ValueError: on any bad argument, naming it and the value received.
     """
 
-    def __init__(self, sparsity=0.9, *, lam=1e-4, p: float = 2.0, method: str = "smooth", scope="layer",
-                 parameters_to_prune=None, exclude=None, interval: str = "step", frequency: int = 1,
-                 make_pruning_permanent: bool = True, export_path=None, verbose: int = 0,
-                 algorithm: str = "auto", num_iter=None):
+    def __init__(self, sparsity=0.9, *, lam=DEFAULT_LAM, p: float = DEFAULT_P, method: str = "smooth",
+                 scope="layer", ramp=DEFAULT_RAMP, parameters_to_prune=None, exclude=None, interval: str = "step",
+                 frequency: int = 1, make_pruning_permanent: bool = True, export_path=None, verbose: int = 0,
+                 algorithm: str = "auto", num_iter=None, best_at_target: bool = True,
+                 hold_early_stopping: bool = True, finish_at_target: bool = True):
+        self.ramp = _check_ramp(ramp)
+        self._float_sparsity = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
         self.sparsity_schedule = _schedule("sparsity", sparsity, upper=1.0)
         self.lam_schedule = _schedule("lam", lam, upper=None)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
@@ -114,7 +172,8 @@ class SmoothPruningImpl:
         if method not in METHODS:
             raise ValueError(f"SmoothPruning: expected method in {METHODS}, got method={method!r}")
         scope_kind, n_keep, m_group = parse_scope("SmoothPruning", scope)
-        if scope_kind == "nm" and abs(self.sparsity_schedule.at(10**12) - (1 - n_keep / m_group)) > 1e-12:
+        self.target_sparsity = float(self.sparsity_schedule.at(10**12))
+        if scope_kind == "nm" and abs(self.target_sparsity - (1 - n_keep / m_group)) > 1e-12:
             raise ValueError(f"SmoothPruning: expected the sparsity schedule to end at {1 - n_keep / m_group:g} for "
                              f"scope {scope!r}, got {self.sparsity_schedule!r}")
         self._nm = scope_kind == "nm"
@@ -122,49 +181,88 @@ class SmoothPruningImpl:
             raise ValueError(f"SmoothPruning: expected interval in {INTERVALS}, got interval={interval!r}")
         if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
             raise ValueError(f"SmoothPruning: expected frequency to be an int >= 1, got frequency={frequency!r}")
-        if not isinstance(make_pruning_permanent, bool):
-            raise ValueError(f"SmoothPruning: expected make_pruning_permanent to be a bool, got {make_pruning_permanent!r}")
+        _check_bool("make_pruning_permanent", make_pruning_permanent)
         if export_path is not None and not isinstance(export_path, (str, os.PathLike)):
             raise ValueError(f"SmoothPruning: expected export_path to be a path or None, got {export_path!r}")
         if export_path is not None and os.path.isdir(export_path):
             raise ValueError(f"SmoothPruning: expected export_path to be a file path, got the directory {export_path!r}")
-        if verbose not in (0, 1, 2):
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"SmoothPruning: expected verbose in (0, 1, 2), got verbose={verbose!r}")
-        check_algorithm_name("SmoothPruning", algorithm)
-        if algorithm == "dykstra" and dykstra_q(p) is None:
-            raise ValueError(f"SmoothPruning: algorithm='dykstra' supports p=2 and p=4/3 only, got p={p!r}")
+        check_algorithm("SmoothPruning", algorithm, p, num_iter, torch.device("cpu"))
         if isinstance(parameters_to_prune, (list, tuple)) and len(parameters_to_prune) == 0:
             raise ValueError("SmoothPruning: expected parameters_to_prune to be None or non-empty, got an empty list")
         self.p, self.method, self.scope = float(p), method, scope
-        self.parameters_to_prune, self.exclude = parameters_to_prune, exclude
+        self.parameters_to_prune = _check_names("parameters_to_prune", parameters_to_prune)
+        self.exclude = _check_names("exclude", exclude)
         self.interval, self.frequency = interval, frequency
         self.make_pruning_permanent, self.export_path = make_pruning_permanent, export_path
         self.verbose, self.algorithm, self.num_iter = verbose, algorithm, num_iter
+        self.best_at_target = _check_bool("best_at_target", best_at_target)
+        self.hold_early_stopping = _check_bool("hold_early_stopping", hold_early_stopping)
+        self.finish_at_target = _check_bool("finish_at_target", finish_at_target)
         if verbose:
             _enable_console_log()
-        self.current_sparsity = self.sparsity_schedule.at(0)
-        self.current_lam = self.lam_schedule.at(0)
-        self._hardened = False  # set when training ended and the model was hardened
+        self._ramp_steps = None  # (begin, end) of the resolved ramp, once the trainer's length is known
+        if self._float_sparsity and self.ramp is not None:
+            self.current_sparsity = 0.0
+        else:
+            self.current_sparsity = float(self.sparsity_schedule.at(0))
+        self.current_lam = float(self.lam_schedule.at(0))
+        self.reached_target = False  # the schedule reached its target (EarlyStopping starts then)
+        self.completed = False  # a fit ended hardened: a next fit prunes at the target from its start
+        self._pending = None  # the "smoothprune" entry of a checkpoint being resumed
+        self._gates = Gates()
+        self._held_early_stopping = []
+        self._legacy_hook = None
+        self._averaged = {}
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage=None) -> None:
+        if stage not in (None, "fit", "TrainerFn.FITTING"):
+            return
         strategy = type(trainer.strategy).__name__
-        if "FSDP" in strategy or "DeepSpeed" in strategy:
+        if any(s in strategy for s in _SHARDED):
             raise RuntimeError(
-                f"SmoothPruning: the {strategy} strategy shards parameters, and smoothprune needs each "
-                "pruned tensor whole on every rank; use DDP (or a single device)"
+                f"SmoothPruning: the {strategy} strategy shards parameters, and sharded pruning is not supported "
+                "yet (smoothprune needs each pruned tensor whole on every rank); use strategy='ddp' or a single device"
             )
-        if pruned_tensors(pl_module) or self._hardened:
-            return  # already pruned (by the user or an earlier stage), or hardened after fit
-        # N:M scopes register at their final pattern; a schedule may ramp toward it
-        prune_(pl_module, None if self._nm else self.current_sparsity, lam=self.current_lam, p=self.p,
-               method=self.method, targets=self.parameters_to_prune, exclude=self.exclude, scope=self.scope,
-               algorithm=self.algorithm, num_iter=self.num_iter)
+        if self._legacy_hook is None:
+            self._legacy_hook = pl_module.register_load_state_dict_pre_hook(legacy_load_hook)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._pending = checkpoint.get("smoothprune")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        total = self._training_length(trainer)  # (on every rank: it may synchronize them)
+        self._resolve_ramp(total)
+        if self.completed:
+            self.current_sparsity = self.target_sparsity
+            self.current_lam = float(self.lam_schedule.at(10**12))
+        if not pruned_tensors(pl_module):
+            # N:M scopes register at their final pattern; a schedule may ramp toward it
+            prune_(pl_module, None if self._nm else self.current_sparsity, lam=self.current_lam, p=self.p,
+                   method=self.method, targets=self.parameters_to_prune, exclude=self.exclude, scope=self.scope,
+                   algorithm=self.algorithm, num_iter=self.num_iter)
         set_sparsity_(pl_module, self.current_sparsity)
-        if self.verbose and trainer.is_global_zero:
-            names = [q for q, *_ in pruned_tensors(pl_module)]
-            log.info("SmoothPruning: pruning %d tensors (%s scope, %s): %s", len(names), self.scope, self.method,
-                     ", ".join(names))
+        set_lam_(pl_module, self.current_lam)
+        self._restore_latents(pl_module, (self._pending or {}).get("latents"))
+        self._averaged = averaged_models(trainer)
+        for key, copy in self._averaged.items():
+            mirror_pruning_(pl_module, copy)
+            self._restore_latents(copy, (self._pending or {}).get("averaged_latents", {}).get(key))
+        self._pending = None
+        refresh_global_(pl_module)
+        self.reached_target = self._at_target()
+        if self.best_at_target:
+            self._gates.hold_checkpoints(trainer, self._at_target)
+        if self.hold_early_stopping:
+            self._held_early_stopping = self._gates.hold_early_stopping(trainer, self._at_target)
+        if trainer.is_global_zero:
+            self._warn_if_schedule_outlasts_training(total)
+            if self.verbose:
+                names = [q for q, *_ in pruned_tensors(pl_module)]
+                log.info("SmoothPruning: pruning %d tensors (%s scope, %s, target sparsity %.4f): %s", len(names),
+                         self.scope, self.method, self.target_sparsity, ", ".join(names))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.interval == "step":
@@ -192,38 +290,105 @@ class SmoothPruningImpl:
                 for t in report.tensors:
                     log.info("SmoothPruning:   %s hardened sparsity %.4f", t.name, t.hard_sparsity)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if not pruned_tensors(pl_module):
+            return
+        entry = {
+            "format_version": FORMAT_VERSION,
+            "target_sparsity": self.target_sparsity,
+            "sparsity": self.current_sparsity,
+            "lam": self.current_lam,
+            "tensors": {q: {"shape": list(spec.shape), "k": int(spec.k), "group": spec.group_size,
+                            "scope": spec.scope, "method": spec.method} for q, spec, _, _ in pruned_tensors(pl_module)},
+            "latents": _latents(pl_module),
+            "averaged_latents": {key: _latents(copy) for key, copy in self._averaged.items()},
+        }
+        checkpoint["smoothprune"] = entry
+
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.make_pruning_permanent and pruned_tensors(pl_module):
-            harden_(pl_module)
-            self._hardened = True
-            if self.verbose and trainer.is_global_zero:
-                log.info("SmoothPruning: hardened the model\n%s", sparsity_report(pl_module))
-        if self.export_path is not None:
-            if trainer.is_global_zero:
-                save_sparse(pl_module, self.export_path)
-                if self.verbose:
-                    log.info("SmoothPruning: wrote %s", self.export_path)
-            trainer.strategy.barrier("smoothprune_export")
+        self._finish_early(trainer, pl_module, "training stopped")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt):  # Lightning then exits the process
+            self._finish_early(trainer, pl_module, "training was interrupted")
+            self._end(trainer, pl_module)
+        self._release()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._finish_early(trainer, pl_module, "training stopped")  # (a fit loop that never ran)
+        self._end(trainer, pl_module)
+        self._release()
+
+    def teardown(self, trainer, pl_module, stage=None) -> None:
+        self._release()
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "version": 1,
+            "version": 2,
             "sparsity_schedule": self.sparsity_schedule.state_dict(),
             "lam_schedule": self.lam_schedule.state_dict(),
             "current_sparsity": self.current_sparsity,
             "current_lam": self.current_lam,
+            "target_sparsity": self.target_sparsity,
+            "ramp_steps": self._ramp_steps,
+            "reached_target": self.reached_target,
+            "completed": self.completed,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("version") != 1:
-            raise ValueError(f"SmoothPruning: expected a state_dict of version 1, got {state_dict.get('version')!r}")
+        version = state_dict.get("version")
+        if version not in (1, 2):  # 1: smoothprune <= 0.1
+            raise ValueError(f"SmoothPruning: expected a state_dict of version 1 or 2, got {version!r}")
+        if state_dict.get("ramp_steps") is not None:
+            self._ramp_steps = tuple(state_dict["ramp_steps"])
+            self.sparsity_schedule = self._ramp_schedule(*self._ramp_steps)
         self.sparsity_schedule.load_state_dict(state_dict["sparsity_schedule"])
         self.lam_schedule.load_state_dict(state_dict["lam_schedule"])
         self.current_sparsity = float(state_dict["current_sparsity"])
         self.current_lam = float(state_dict["current_lam"])
+        self.reached_target = bool(state_dict.get("reached_target", False))
+        self.completed = bool(state_dict.get("completed", False))
 
     # -- internals -------------------------------------------------------------------------------
+    def _ramp_schedule(self, begin: int, end: int):
+        return schedules.Cubic(init=0.0, final=self.target_sparsity, begin=begin, end=end)
+
+    def _training_length(self, trainer) -> float:
+        """The length of this fit in the schedules' unit (inf when unknown)."""
+        if self.interval == "step":
+            return float(trainer.estimated_stepping_batches)
+        return float(trainer.max_epochs) if trainer.max_epochs is not None and trainer.max_epochs >= 0 else math.inf
+
+    def _resolve_ramp(self, total: float) -> None:
+        """A float sparsity with a ramp: the cubic schedule over the ramp's part of training."""
+        if not (self._float_sparsity and self.ramp is not None) or self._ramp_steps is not None:
+            return
+        unit = "optimizer steps (trainer.estimated_stepping_batches)" if self.interval == "step" else "epochs (max_epochs)"
+        if not math.isfinite(total):
+            raise ValueError(f"SmoothPruning: a float sparsity ramps over ramp={self.ramp} of training, but this "
+                             f"Trainer's length in {unit} is unknown; set max_steps/max_epochs, give a schedule "
+                             "with explicit steps, or ramp=None to prune at the target from the start")
+        begin, end = (int(round(f * total)) for f in self.ramp)
+        self._ramp_steps = (begin, end)
+        last_step = self.sparsity_schedule.last_step
+        self.sparsity_schedule = self._ramp_schedule(begin, end)
+        self.sparsity_schedule.last_step = last_step
+
+    def _schedule_end(self):
+        return getattr(self.sparsity_schedule, "end", 0)
+
+    def _at_target(self) -> bool:
+        return abs(self.current_sparsity - self.target_sparsity) <= 1e-12
+
+    def _warn_if_schedule_outlasts_training(self, total: float) -> None:
+        end = self._schedule_end()
+        if math.isfinite(total) and end >= total and not self.completed:  # (the last update is at total - 1)
+            warnings.warn(f"SmoothPruning: the sparsity schedule reaches its target {self.target_sparsity:g} at "
+                          f"{self.interval} {end}, after the last {self.interval} ({int(total) - 1}) of this training"
+                          + ("; the model will be hardened at the target when it ends" if self.finish_at_target
+                             else ""), stacklevel=2)
+
     def _update(self, pl_module, clock: int) -> None:
         """Moves the schedules to ``clock`` (optimizer steps or epochs) and, every `frequency`
         ticks, writes their values into the model."""
@@ -231,7 +396,10 @@ class SmoothPruningImpl:
         self.lam_schedule.last_step = clock
         if clock % self.frequency:
             return
-        sparsity, lam = self.sparsity_schedule.value, self.lam_schedule.value
+        if self.completed:  # a fit after a completed one keeps the target
+            sparsity, lam = self.target_sparsity, float(self.lam_schedule.at(10**12))
+        else:
+            sparsity, lam = self.sparsity_schedule.value, self.lam_schedule.value
         if sparsity != self.current_sparsity:
             set_sparsity_(pl_module, sparsity)  # global scope re-allocates inside
         elif self.scope == "global":
@@ -239,6 +407,65 @@ class SmoothPruningImpl:
         if lam != self.current_lam:
             set_lam_(pl_module, lam)
         self.current_sparsity, self.current_lam = sparsity, lam
+        if not self.reached_target and self._at_target():
+            self.reached_target = True
+            Gates.restart_patience(self._held_early_stopping)
+
+    def _finish_early(self, trainer, pl_module, why: str) -> None:
+        """A run that ends before its schedule reached the target: move it to the target."""
+        if self._at_target() or not pruned_tensors(pl_module) or not self.finish_at_target:
+            return
+        if trainer.is_global_zero:
+            warnings.warn(f"SmoothPruning: {why} at {self.interval} {self._clock(trainer)} with the sparsity schedule "
+                          f"at {self.current_sparsity:.4f} of its target {self.target_sparsity:.4f} (reached at "
+                          f"{self.interval} {self._schedule_end()}); the model is pruned to the target "
+                          f"{self.target_sparsity:.4f} (finish_at_target=False keeps the schedule's position)",
+                          stacklevel=2)
+        set_sparsity_(pl_module, self.target_sparsity)
+        self.current_sparsity = self.target_sparsity
+
+    def _clock(self, trainer) -> int:
+        return trainer.global_step if self.interval == "step" else trainer.current_epoch
+
+    def _end(self, trainer, pl_module) -> None:
+        """Hardens (after weight averaging copied its average in) and exports."""
+        for copy in self._averaged.values():
+            unmirror_(copy)
+        self._averaged = {}
+        pruning = {"target_sparsity": self.target_sparsity, "sparsity": self.current_sparsity,
+                   "tensors": [q for q, *_ in pruned_tensors(pl_module)]}
+        if self.make_pruning_permanent and pruned_tensors(pl_module):
+            harden_(pl_module)
+            self.completed = True
+            if self.verbose and trainer.is_global_zero:
+                log.info("SmoothPruning: hardened the model\n%s", sparsity_report(pl_module))
+        if self.export_path is not None:
+            if trainer.is_global_zero:
+                save_sparse(pl_module, self.export_path, pruning=pruning)
+                if self.verbose:
+                    log.info("SmoothPruning: wrote %s", self.export_path)
+            trainer.strategy.barrier("smoothprune_export")
+
+    def _release(self) -> None:
+        self._gates.restore()
+        self._held_early_stopping = []
+        if self._legacy_hook is not None:
+            self._legacy_hook.remove()
+            self._legacy_hook = None
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore_latents(model, latents) -> None:
+        """Writes the latent weights saved by `on_save_checkpoint` into the pruned tensors."""
+        if not latents:
+            return
+        for qualified, spec, module, name in pruned_tensors(model):
+            prefix = qualified[: -len(name)]
+            for key, tensor in raw_tensors(module, name).items():
+                if prefix + key not in latents:
+                    raise ValueError(f"SmoothPruning: the checkpoint holds no latent weight for {prefix + key!r}; "
+                                     "it was written by a run that pruned other tensors")
+                tensor.copy_(latents[prefix + key])
 
     def _log_schedules(self, pl_module, on_step: bool) -> None:
         kw = dict(on_step=on_step, on_epoch=not on_step)
@@ -255,3 +482,16 @@ class SmoothPruningImpl:
         for t in report.tensors:
             pl_module.log(f"pruning/sparsity/{t.name}", t.hard_sparsity, **kw)
         return report
+
+
+def _latents(model) -> dict:
+    """The stored tensors behind every pruned tensor (the latents), by state_dict key."""
+    out = {}
+    for qualified, spec, module, name in pruned_tensors(model):
+        prefix = qualified[: -len(name)]
+        for key, tensor in raw_tensors(module, name).items():
+            out[prefix + key] = tensor.detach().clone()
+    return out
+
+
+__all__ = ["SmoothPruningImpl", "DEFAULT_RAMP", "DEFAULT_LAM", "DEFAULT_P"]

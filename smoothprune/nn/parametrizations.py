@@ -1,4 +1,5 @@
-"""Top-k-in-magnitude parametrizations for `torch.nn.utils.parametrize`: ``W = topk_mag(W')``.
+"""Top-k-in-magnitude parametrizations: ``W = topk_mag(W')`` (the "spec" of a pruned tensor,
+attached to the user's module by `smoothprune.nn.pruned`).
 
 Every scope reduces to the same computation: view the tensor as groups of ``group_size``
 consecutive entries (the whole tensor for "layer" and "global", one output row for "row", ``M``
@@ -74,6 +75,7 @@ class TopKMagParametrization(torch.nn.Module):
         self.algorithm = algorithm
         self.num_iter = num_iter
         self.debias = bool(debias)
+        self.eval_hard = True  # in eval mode the module reads the hardened weight
         # Persistent buffers: saved with the model, restored on resume, read by the exporter.
         self.register_buffer("k", torch.tensor(kept_per_group(sparsity, group_size), dtype=torch.int64))
         self.register_buffer("group", torch.tensor(self.group_size, dtype=torch.int64))
@@ -137,6 +139,20 @@ class TopKMagParametrization(torch.nn.Module):
     def hard(self, w: torch.Tensor) -> torch.Tensor:
         host = self._host_scalars()
         return hard_topk_groups(w, self.group_size, self.k if host is None else host.k)
+
+    def weight(self, w: torch.Tensor, training: bool) -> torch.Tensor:
+        """The weight a module reads: this method's operator while training, the hardened weight
+        in eval mode (unless ``eval_hard`` is False)."""
+        if training or not self.eval_hard:
+            return self(w)
+        return self.hard(w)
+
+    def follow_device_(self, fn) -> None:
+        """Moves the buffers to the device that the module's ``_apply(fn)`` moved it to (dtype
+        conversions of the module leave k, lam and sparsity as they are)."""
+        device = fn(torch.empty(0, dtype=torch.int64, device=self.k.device)).device
+        if device != self.k.device:
+            self.to(device)
 
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "

@@ -124,19 +124,19 @@ def train(cfg: DictConfig) -> dict:
     trainer = pl.Trainer(**trainer_args, callbacks=callbacks, default_root_dir=output_dir)
     trainer.fit(module, data.train_loader(cfg.seed), data.test_loader())
 
-    # final evaluations by a Trainer without the training callbacks (SmoothPruning's setup would
-    # prune the hardened model again)
+    # final evaluations by a Trainer without the training callbacks
     evaluator = pl.Trainer(**trainer_args, callbacks=[], default_root_dir=output_dir)
 
     def evaluate() -> dict:
         return {k: float(v) for k, v in evaluator.validate(module, data.test_loader(), verbose=False)[0].items()}
 
-    final = evaluate()
     before_hardening = None
     if cfg.pruning.callback is not None and cfg.pruning.callback.get("make_pruning_permanent", True):
-        before_hardening = final
+        for _, spec, _, _ in pruned_tensors(model):
+            spec.eval_hard = False  # evaluate the weights training used (eval mode reads the hardened ones)
+        before_hardening = evaluate()
         harden_(model)  # exactly-k hard top-k weights, plain Parameters
-        final = evaluate()
+    final = evaluate()
     # the bare model: loads into a plain model built from this config
     save_sparse(model, export_path)
 

@@ -88,9 +88,11 @@ def test_epoch_interval():
     L = lightning.pytorch
     torch.manual_seed(0)
     model = make_module_class(L)()
-    cb = SmoothPruning(schedules.Linear(0.0, 0.9, 0, 2), interval="epoch", make_pruning_permanent=False)
+    cb = SmoothPruning(schedules.Linear(0.0, 0.9, 0, 2), interval="epoch", make_pruning_permanent=False,
+                       finish_at_target=False)
     trainer = _trainer(L, [cb], max_epochs=2)
-    trainer.fit(model, loader())
+    with pytest.warns(UserWarning, match="reaches its target 0.9 at epoch 2, after the last epoch \(1\)"):
+        trainer.fit(model, loader())
     assert float(pruned_tensors(model)[0][1].sparsity) == pytest.approx(0.45)  # epoch 1 of 0..2
 
 
@@ -113,11 +115,15 @@ def test_resume_mid_schedule_reaches_the_same_weights(tmp_path):
     L = lightning.pytorch
     full, cb_full = _fit(L, tmp_path / "a", max_epochs=5, seed=0)
     _, cb_half = _fit(L, tmp_path / "b", max_epochs=2, seed=0, save=True)  # stops at step 16 of 30
-    assert 0 < cb_half.current_sparsity < 0.85
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
+    assert 0 < saved["smoothprune"]["sparsity"] < 0.85  # mid-schedule (the run itself then ended at the target)
     resumed, cb_resumed = _fit(L, tmp_path / "c", max_epochs=5, seed=99, ckpt_path=tmp_path / "b" / "last.ckpt")
     assert cb_resumed.state_dict() == cb_full.state_dict()
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    a, b = dict(full.named_parameters()), dict(resumed.named_parameters())  # the latents too
     for key in a:
         assert torch.equal(a[key], b[key]), key
     sp.harden_(full)
@@ -201,18 +207,25 @@ def test_fsdp_is_refused_at_setup_with_a_clear_error():
         cb.setup(SimpleNamespace(strategy=FSDPStrategy(), is_global_zero=True), torch.nn.Linear(4, 4), "fit")
 
 
-def test_cli_exports_a_real_lightning_checkpoint(tmp_path):
+def test_cli_exports_a_real_lightning_checkpoint_and_states_its_sparsity(tmp_path):
     import subprocess
     import sys
 
     L = lightning.pytorch
-    model, _ = _fit(L, tmp_path, max_epochs=2, seed=0, save=True)  # parametrized, mid-schedule
+    _fit(L, tmp_path, max_epochs=2, seed=0, save=True)  # last.ckpt is mid-schedule
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     out = tmp_path / "model.safetensors"
     run = subprocess.run([sys.executable, "-m", "smoothprune", "export", str(tmp_path / "last.ckpt"), "-o", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+    position = checkpoint["smoothprune"]["sparsity"]
+    assert f"target 0.8500 (written before the schedule reached it: schedule at {position:.4f})" in run.stdout
     fresh = make_module_class(L)()
     fresh.load_state_dict(sp.load_sparse(out), strict=True)
-    sp.harden_(model)
-    hardened = model.state_dict()
-    assert all(torch.equal(v, hardened[k]) for k, v in fresh.state_dict().items())
+    assert all(torch.equal(v, checkpoint["state_dict"][k]) for k, v in fresh.state_dict().items())
+    weights = [v for k, v in fresh.state_dict().items() if k.endswith("weight")]
+    kept = sum(int((w != 0).sum()) for w in weights)
+    assert kept == round((1 - position) * sum(w.numel() for w in weights))  # global scope, exactly
+    run = subprocess.run([sys.executable, "-m", "smoothprune", "inspect", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and "target 0.8500 (written before the schedule reached it" in run.stdout
