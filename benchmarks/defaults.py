@@ -14,7 +14,9 @@ learning rate; test accuracy of the final, hardened model. Arms:
 * ``gmp``: gradual magnitude pruning, ``SmoothPruning(0.9, method="hard")`` (the same ramp);
 * ``lightning``: Lightning's ``ModelPruning("l1_unstructured")`` on the same weights, the same
   cubic ramp applied per epoch, made permanent at the end;
-* ``lam{λ}_p{p}``, ``ramp{end}``: the tuning grid of the smooth operator around the defaults.
+* ``lam{λ}_p2``, ``lam{λ}_p4/3_abs`` (the operator's absolute λ), ``lam{λ}_p4/3_rel`` (λ
+  relative to each tensor's scale, ``relative_lam=True``), ``ramp{end}`` (the default λ and p,
+  ramp ``(0, end)``): the tuning grid of the smooth operator around the defaults.
 
 Each finished run is appended to ``OUT/runs.jsonl`` (a rerun skips what is there), and the
 table ``OUT/report.md`` is rewritten from all runs.
@@ -42,7 +44,9 @@ OPTIMIZERS = {
     "momentum": lambda params: torch.optim.SGD(params, lr=0.02, momentum=0.9),
     "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01),
 }
-GRID = {f"lam{lam:g}_p{name}": dict(lam=lam, p=p) for lam in (1e-3, 1e-2, 1e-1) for name, p in (("2", 2.0), ("4/3", 4 / 3))}
+GRID = {f"lam{lam:g}_p2": dict(lam=lam, p=2.0) for lam in (1e-3, 1e-2, 1e-1, 1.0)}
+GRID |= {f"lam{lam:g}_p4/3_abs": dict(lam=lam, p=4 / 3, relative_lam=False) for lam in (1e-3, 1e-2, 1e-1, 1.0)}
+GRID |= {f"lam{lam:g}_p4/3_rel": dict(lam=lam, p=4 / 3, relative_lam=True) for lam in (0.3, 0.5, 0.7, 1.0, 3.0)}
 GRID |= {f"ramp{end:g}": dict(ramp=(0.0, end)) for end in (0.3, 0.7)}
 ARMS = ["dense", "default", "gmp", "lightning", *GRID]
 

@@ -194,7 +194,7 @@ def pruned_tensors(model: torch.nn.Module) -> list[tuple[str, TopKMagParametriza
 # ------------------------------------------------------------------------------------------------
 def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float = 2.0, method: str = "smooth",
            targets=None, exclude=None, scope="layer", algorithm: str = "auto", num_iter=None,
-           debias: bool = True) -> list[str]:
+           debias: bool = True, relative_lam: bool = False) -> list[str]:
     """Prunes the chosen weights of ``model`` in place: the module reads ``W = topk_mag(W')``.
 
     The model stays the user's: each pruned tensor keeps its own Parameter, which holds the
@@ -218,6 +218,8 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         exclude: names or ``"re:"`` patterns to leave out.
         scope: ``"layer"``, ``"global"``, ``"row"``, ``"nm"`` (2:4) or ``"N:M"``.
         algorithm, num_iter, debias: passed to :func:`smoothprune.soft_topk_mag`.
+        relative_lam: for ``p != 2``, scale lam by ``rms(W')^(2 - p)`` per tensor, so that it
+            means the same at every weight scale (for ``p = 2`` lam is relative already).
 
     Returns:
         The qualified names of the pruned tensors.
@@ -254,6 +256,8 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         raise ValueError(f"{fn}: expected p to be a finite float > 1, got {p!r}")
     method = check_method(fn, method)
     check_algorithm(fn, algorithm, p, num_iter, torch.device("cpu"))  # (the name, num_iter, p vs Dykstra)
+    if not isinstance(relative_lam, bool):
+        raise ValueError(f"{fn}: expected relative_lam to be a bool, got {relative_lam!r}")
 
     chosen = resolve_targets(fn, model, targets, exclude)
     if not chosen:
@@ -276,7 +280,8 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
     for (_, module, name), group in zip(chosen, groups):
         tensor = latent(module, name)
         spec = PARAMETRIZATIONS[method](tensor.shape, group, sparsity, lam, p, label,
-                                        algorithm=algorithm, num_iter=num_iter, debias=debias).to(tensor.device)
+                                        algorithm=algorithm, num_iter=num_iter, debias=debias,
+                                        relative_lam=relative_lam).to(tensor.device)
         for holder, holder_name in tied[_storage_key(module, name)]:
             attach_(holder, holder_name, spec)
     if scope == "global":

@@ -59,8 +59,8 @@ INTERVALS = ("step", "epoch")
 # A float sparsity ramps by a cubic schedule (Zhu & Gupta) over this part of training; chosen
 # by benchmarks/defaults.py (see the README's "Defaults" table).
 DEFAULT_RAMP = (0.0, 0.5)
-DEFAULT_LAM = 1e-2
-DEFAULT_P = 2.0
+DEFAULT_LAM = 0.5  # relative (relative_lam=True): lam * rms(W')^(2 - p) per tensor
+DEFAULT_P = 4 / 3
 _SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
 
 
@@ -147,6 +147,9 @@ class SmoothPruningImpl:
         verbose: 0 silent, 1 a summary line per epoch and the final report, 2 also per tensor.
         algorithm, num_iter: the smooth operator's solver (``"auto"``: PAV on CPU/CUDA,
             Dykstra on XLA).
+        relative_lam: for ``p != 2``, lam is relative to each tensor's scale (multiplied by
+            ``rms(W')^(2 - p)``), so one value suits every layer; ``False``: the operator's
+            absolute lam (for ``p = 2`` both are the same).
         best_at_target: monitored ModelCheckpoints rank (and copy to ``last.ckpt``) only
             checkpoints written at the target sparsity.
         hold_early_stopping: EarlyStopping waits for the target sparsity; its patience counts
@@ -161,7 +164,7 @@ class SmoothPruningImpl:
     def __init__(self, sparsity=0.9, *, lam=DEFAULT_LAM, p: float = DEFAULT_P, method: str = "smooth",
                  scope="layer", ramp=DEFAULT_RAMP, parameters_to_prune=None, exclude=None, interval: str = "step",
                  frequency: int = 1, make_pruning_permanent: bool = True, export_path=None, verbose: int = 0,
-                 algorithm: str = "auto", num_iter=None, best_at_target: bool = True,
+                 algorithm: str = "auto", num_iter=None, relative_lam: bool = True, best_at_target: bool = True,
                  hold_early_stopping: bool = True, finish_at_target: bool = True):
         self.ramp = _check_ramp(ramp)
         self._float_sparsity = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
@@ -197,6 +200,7 @@ class SmoothPruningImpl:
         self.interval, self.frequency = interval, frequency
         self.make_pruning_permanent, self.export_path = make_pruning_permanent, export_path
         self.verbose, self.algorithm, self.num_iter = verbose, algorithm, num_iter
+        self.relative_lam = _check_bool("relative_lam", relative_lam)
         self.best_at_target = _check_bool("best_at_target", best_at_target)
         self.hold_early_stopping = _check_bool("hold_early_stopping", hold_early_stopping)
         self.finish_at_target = _check_bool("finish_at_target", finish_at_target)
@@ -218,7 +222,7 @@ class SmoothPruningImpl:
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage=None) -> None:
-        if stage not in (None, "fit", "TrainerFn.FITTING"):
+        if stage not in (None, "fit"):  # validate / test / predict leave the model as it is
             return
         strategy = type(trainer.strategy).__name__
         if any(s in strategy for s in _SHARDED):
@@ -242,7 +246,7 @@ class SmoothPruningImpl:
             # N:M scopes register at their final pattern; a schedule may ramp toward it
             prune_(pl_module, None if self._nm else self.current_sparsity, lam=self.current_lam, p=self.p,
                    method=self.method, targets=self.parameters_to_prune, exclude=self.exclude, scope=self.scope,
-                   algorithm=self.algorithm, num_iter=self.num_iter)
+                   algorithm=self.algorithm, num_iter=self.num_iter, relative_lam=self.relative_lam)
         set_sparsity_(pl_module, self.current_sparsity)
         set_lam_(pl_module, self.current_lam)
         self._restore_latents(pl_module, (self._pending or {}).get("latents"))

@@ -58,7 +58,7 @@ class TopKMagParametrization(torch.nn.Module):
     method = "base"
 
     def __init__(self, shape, group_size: int, sparsity: float, lam: float, p: float, scope: str,
-                 algorithm: str = "auto", num_iter=None, debias: bool = True):
+                 algorithm: str = "auto", num_iter=None, debias: bool = True, relative_lam: bool = False):
         super().__init__()
         numel = 1
         for s in shape:
@@ -75,6 +75,10 @@ class TopKMagParametrization(torch.nn.Module):
         self.algorithm = algorithm
         self.num_iter = num_iter
         self.debias = bool(debias)
+        # For p != 2 the magnitude operator's lam has the units of |W|^(2 - p): a relative lam is
+        # scaled by the tensor's RMS to that power, so it means the same at every layer's scale
+        # (for p = 2 lam is already relative: the window is a factor (1 + lam) around the k-th value).
+        self.relative_lam = bool(relative_lam) and self.p != 2.0
         self.eval_hard = True  # in eval mode the module reads the hardened weight
         # Persistent buffers: saved with the model, restored on resume, read by the exporter.
         self.register_buffer("k", torch.tensor(kept_per_group(sparsity, group_size), dtype=torch.int64))
@@ -122,17 +126,21 @@ class TopKMagParametrization(torch.nn.Module):
         grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
         rows = w if grouped else w.reshape(-1, self.group_size)
         buffers = self._buffers  # direct dict access: this runs for every weight at every step
+        lam = buffers["lam"]
+        if self.relative_lam:
+            lam = lam * self.lam_scale(w)
         if self.algorithm != "dykstra" and w.device.type in ("cpu", "cuda"):
             # The exact native path without the public wrapper's checks: every argument was
             # validated when the parametrization was built or updated. The kernels read the k
             # and lam buffers where they live (on a GPU without synchronising), eager or compiled,
             # so a CUDA-graphed step follows set_sparsity / set_lam.
-            y = soft_topk_last_dim(rows, buffers["k"], buffers["lam"], self.p, True, self.debias)
+            y = soft_topk_last_dim(rows, buffers["k"], lam, self.p, True, self.debias)
         elif (host := self._host_scalars()) is not None:  # eager Dykstra
-            y = soft_topk_mag(rows, host.k, lam=host.lam, p=self.p, algorithm="dykstra", num_iter=self.num_iter,
+            y = soft_topk_mag(rows, host.k, lam=host.lam * self.lam_scale(w) if self.relative_lam else host.lam,
+                              p=self.p, algorithm="dykstra", num_iter=self.num_iter,
                               debias=self.debias)
         else:  # compiling Dykstra, or XLA: the buffers, through the public operator
-            y = soft_topk_mag(rows, self.k, lam=self.lam, p=self.p, algorithm=self.algorithm,
+            y = soft_topk_mag(rows, self.k, lam=lam, p=self.p, algorithm=self.algorithm,
                               num_iter=self.num_iter, debias=self.debias)
         return y if grouped else y.reshape(w.shape)
 
@@ -154,9 +162,16 @@ class TopKMagParametrization(torch.nn.Module):
         if device != self.k.device:
             self.to(device)
 
+    def lam_scale(self, w: torch.Tensor) -> torch.Tensor:
+        """``rms(W')^(2 - p)`` (a 0-d tensor on W's device, no gradient): what a relative lam is
+        multiplied by."""
+        rms = w.detach().to(torch.float64).square().mean().sqrt().clamp_min(1e-30)
+        return rms.pow(2.0 - self.p)
+
     def extra_repr(self) -> str:
         return (f"scope={self.scope!r}, group_size={self.group_size}, k={int(self.k)}, "
-                f"sparsity={float(self.sparsity):.4g}, lam={float(self.lam):.3g}, p={self.p:.4g}")
+                f"sparsity={float(self.sparsity):.4g}, lam={float(self.lam):.3g}{' (relative)' if self.relative_lam else ''}, "
+                f"p={self.p:.4g}")
 
 
 def _assign(buffer: torch.Tensor, value) -> None:

@@ -254,3 +254,28 @@ def test_any_in_place_change_of_k_or_lam_reaches_the_operator():
     assert torch.equal(param(w), sp.soft_topk_mag(w, 40, lam=0.5, p=2.0))
     param.lam.copy_(torch.tensor(1e-3, dtype=torch.float64))
     assert torch.equal(param(w), sp.soft_topk_mag(w, 40, lam=1e-3, p=2.0))
+
+
+@pytest.mark.parametrize("p", [4 / 3, 3.0])
+def test_relative_lam_makes_pruning_scale_equivariant(p):
+    """soft_topk_mag(c W, c^(2-p) lam) = c soft_topk_mag(W, lam): a relative lam (multiplied by
+    rms(W')^(2-p)) prunes a tensor scaled by c exactly as the unscaled one, scaled by c."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(40, 30).double() for _ in range(3)]
+    w = layers[0].weight.detach().clone()
+    for c, layer in zip([1.0, 1e-3, 50.0], layers):
+        with torch.no_grad():
+            layer.weight.copy_(c * w)
+        sp.prune_(layer, 0.8, lam=0.5, p=p, relative_lam=True)
+    reference = layers[0].weight
+    for c, layer in zip([1e-3, 50.0], layers[1:]):
+        torch.testing.assert_close(layer.weight, c * reference, rtol=1e-10, atol=0)
+    assert int((reference != 0).sum()) > round(0.2 * reference.numel())  # smooth: a window around the k-th
+    # the absolute lam is not: the same lam on the scaled tensor gives another pattern
+    absolute = torch.nn.Linear(40, 30).double()
+    with torch.no_grad():
+        absolute.weight.copy_(1e-3 * w)
+    sp.prune_(absolute, 0.8, lam=0.5, p=p)
+    assert not torch.allclose(absolute.weight, 1e-3 * reference, rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="prune_: expected relative_lam to be a bool, got 'yes'"):
+        sp.prune_(torch.nn.Linear(4, 4), 0.5, relative_lam="yes")
