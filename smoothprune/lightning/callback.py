@@ -315,7 +315,7 @@ class SmoothPruningImpl:
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, KeyboardInterrupt):  # Lightning then exits the process
             self._finish_early(trainer, pl_module, "training was interrupted")
-            self._end(trainer, pl_module)
+            self._end(trainer, pl_module, synchronize=False)  # (other ranks may be gone)
         self._release()
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -431,7 +431,7 @@ class SmoothPruningImpl:
     def _clock(self, trainer) -> int:
         return trainer.global_step if self.interval == "step" else trainer.current_epoch
 
-    def _end(self, trainer, pl_module) -> None:
+    def _end(self, trainer, pl_module, synchronize: bool = True) -> None:
         """Hardens (after weight averaging copied its average in) and exports."""
         for copy in self._averaged.values():
             unmirror_(copy)
@@ -448,7 +448,8 @@ class SmoothPruningImpl:
                 save_sparse(pl_module, self.export_path, pruning=pruning)
                 if self.verbose:
                     log.info("SmoothPruning: wrote %s", self.export_path)
-            trainer.strategy.barrier("smoothprune_export")
+            if synchronize:
+                trainer.strategy.barrier("smoothprune_export")
 
     def _release(self) -> None:
         self._gates.restore()
