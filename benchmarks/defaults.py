@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SPARSITY = 0.9
-EPOCHS = {"mlp": 10, "cnn": 10, "vit": 6}
+EPOCHS = {"mlp": 10, "cnn": 10, "vit": 4}
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.1),
     "momentum": lambda params: torch.optim.SGD(params, lr=0.02, momentum=0.9),
@@ -187,9 +187,10 @@ def report(out: str) -> str:
     lines.append("| best tuned smooth arm | " + " | ".join(best_row) + " |")
     lines.append("| default − best tuned (points) | " + " | ".join(gap_row) + " |")
     lines.append("| default − gmp (points) | " + " | ".join(gmp_row) + " |")
-    seeds = sorted({r["seed"] for r in runs})
+    seeds = ", ".join(f"{m}: {sorted({r['seed'] for r in runs if r['model'] == m})}"
+                      for m in EPOCHS if any(r["model"] == m for r in runs))
     sparsities = sorted({round(r["sparsity"], 4) for r in runs if r["arm"] != "dense"})
-    text = (f"Test accuracy (%) after hardening, mean ± std over seeds {seeds}; sparsity of the pruned "
+    text = (f"Test accuracy (%) after hardening, mean ± std over the seeds ({seeds}); sparsity of the pruned "
             f"weights in every pruned run: {sparsities}.\n\n" + "\n".join(lines) + "\n")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
