@@ -30,32 +30,28 @@ FORMAT_VERSION = 2
 _LEGACY_ORIGINAL = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.original$")
 LEGACY_BUFFERS = ("k", "group", "shared", "sparsity")
 
-__all__ = ["FORMAT_VERSION", "legacy_load_hook", "is_legacy", "hardened_state_dict", "read_checkpoint", "Unread"]
+__all__ = ["FORMAT_VERSION", "legacy_load_hook", "hardened_state_dict", "legacy_sparsity", "read_checkpoint", "Unread"]
 
 
-def _legacy_entries(state_dict) -> dict[str, str]:
-    """``{legacy original key: plain key}`` of the smoothprune <= 0.1 tensors of a state_dict."""
+def _legacy_entries(state_dict) -> dict[str, tuple[str, str]]:
+    """``{legacy original key: (plain key, prefix of its spec buffers)}`` of the smoothprune <= 0.1
+    tensors of a state_dict."""
     found = {}
     for key in state_dict:
         match = _LEGACY_ORIGINAL.match(key)
         if match is not None:
             base = f"{match.group('prefix')}parametrizations.{match.group('name')}.0."
             if all(base + b in state_dict for b in LEGACY_BUFFERS):
-                found[key] = f"{match.group('prefix')}{match.group('name')}"
+                found[key] = (f"{match.group('prefix')}{match.group('name')}", base)
     return found
-
-
-def is_legacy(state_dict) -> bool:
-    return bool(_legacy_entries(state_dict))
 
 
 def legacy_load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     """A load_state_dict pre-hook: a smoothprune <= 0.1 latent ``X.parametrizations.W.original``
     loads into ``X.W`` (the Parameter that holds the latent now); the old spec buffers are
     dropped (the callback's state and the weights determine k again)."""
-    for old, new in _legacy_entries(state_dict).items():
+    for old, (new, base) in _legacy_entries(state_dict).items():
         state_dict[new] = state_dict.pop(old)
-        base = old[: -len("original")] + "0."
         for key in [k for k in state_dict if k.startswith(base)]:
             del state_dict[key]
 
@@ -72,7 +68,7 @@ def hardened_state_dict(state_dict: dict) -> dict:
     legacy = _legacy_entries(state_dict)
     if not legacy:
         return dict(state_dict)
-    base = {old: old[: -len("original")] + "0." for old in legacy}
+    base = {old: prefix for old, (_, prefix) in legacy.items()}
     ks = {old: int(state_dict[base[old] + "k"]) for old in legacy}
     shared = [old for old in legacy if int(state_dict[base[old] + "shared"])]
     if shared:
@@ -82,7 +78,7 @@ def hardened_state_dict(state_dict: dict) -> dict:
     out = {}
     for key, value in state_dict.items():  # keeps the state_dict's order
         if key in legacy:
-            out[legacy[key]] = hard_topk_groups(value.detach(), int(state_dict[base[key] + "group"]), ks[key])
+            out[legacy[key][0]] = hard_topk_groups(value.detach(), int(state_dict[base[key] + "group"]), ks[key])
         elif key not in buffers:
             out[key] = value
     return out
@@ -90,7 +86,7 @@ def hardened_state_dict(state_dict: dict) -> dict:
 
 def legacy_sparsity(state_dict: dict) -> dict[str, float]:
     """The schedule's sparsity recorded beside each smoothprune <= 0.1 tensor, by plain key."""
-    return {new: float(state_dict[old[: -len("original")] + "0.sparsity"]) for old, new in _legacy_entries(state_dict).items()}
+    return {new: float(state_dict[base + "sparsity"]) for new, base in _legacy_entries(state_dict).values()}
 
 
 # ------------------------------------------------------------------------------------------------

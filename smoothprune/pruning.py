@@ -73,11 +73,10 @@ def check_method(fn: str, method) -> str:
 # ------------------------------------------------------------------------------------------------
 def _tensor_names(module: torch.nn.Module) -> list[str]:
     """Names of a module's own tensors, those parametrized by torch.nn.utils.parametrize included."""
-    names = list(module._parameters) + list(module._buffers)
+    names = [n for table in (module._parameters, module._buffers) for n, t in table.items() if t is not None]
     if parametrize.is_parametrized(module):
         names += [n for n in module.parametrizations.keys() if n not in names]
-    return [n for n in names if n in module._parameters and module._parameters[n] is not None
-            or n in module._buffers and module._buffers[n] is not None or parametrize.is_parametrized(module, n)]
+    return names
 
 
 def _storage_key(module: torch.nn.Module, name: str):
@@ -86,6 +85,20 @@ def _storage_key(module: torch.nn.Module, name: str):
     if parametrize.is_parametrized(module, name):
         return ("parametrized", id(module.parametrizations[name]))
     return ("tensor", id(latent(module, name)))
+
+
+def _model_tensors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
+    """Every (qualified name, module, tensor name) of the model, in model order."""
+    return [(f"{mod_name}.{name}" if mod_name else name, module, name)
+            for mod_name, module in model.named_modules() for name in _tensor_names(module)]
+
+
+def _by_storage(tensors) -> dict[tuple, list[tuple[str, torch.nn.Module, str]]]:
+    """``tensors`` grouped by stored tensor (a tied tensor's group has several holders)."""
+    groups: dict[tuple, list] = {}
+    for c in tensors:
+        groups.setdefault(_storage_key(c[1], c[2]), []).append(c)
+    return groups
 
 
 def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None) -> list[tuple[str, torch.nn.Module, str]]:
@@ -97,13 +110,8 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
     pairs and removes matches. A tensor shared by several modules (tied weights) is one target,
     named by its first holder in model order.
     """
-    candidates = []  # (qualified, module, name) for every tensor in the model
-    owner = {}
-    for mod_name, module in model.named_modules():
-        owner[id(module)] = mod_name
-        for name in _tensor_names(module):
-            qualified = f"{mod_name}.{name}" if mod_name else name
-            candidates.append((qualified, module, name))
+    candidates = _model_tensors(model)  # (qualified, module, name) for every tensor in the model
+    owner = {id(module): mod_name for mod_name, module in model.named_modules()}
     by_name = {q: (q, m, n) for q, m, n in candidates}
 
     if targets is None:
@@ -140,9 +148,7 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
             excluded |= {c[0] for c in candidates if drop(c[0])}
     chosen = [c for c in chosen if c[0] not in excluded]
     # one target per stored tensor; a tied tensor cannot be both pruned and excluded
-    aliases = {}
-    for qualified, module, name in candidates:
-        aliases.setdefault(_storage_key(module, name), []).append(qualified)
+    aliases = {key: [q for q, _, _ in group] for key, group in _by_storage(candidates).items()}
     seen, unique = set(), []
     for c in chosen:
         key = _storage_key(c[1], c[2])
@@ -181,10 +187,11 @@ def holders(model: torch.nn.Module) -> dict[int, list[tuple[str, torch.nn.Module
 def pruned_tensors(model: torch.nn.Module) -> list[tuple[str, TopKMagParametrization, torch.nn.Module, str]]:
     """Every tensor pruned by smoothprune, once (a tied tensor under its first holder's name):
     (qualified name, spec, module, tensor name)."""
-    out = []
+    out, seen = [], set()
     for mod_name, module in model.named_modules():
         for name, spec in specs_of(module).items():
-            if all(spec is not s for _, s, _, _ in out):
+            if id(spec) not in seen:
+                seen.add(id(spec))
                 out.append((f"{mod_name}.{name}" if mod_name else name, spec, module, name))
     return out
 
@@ -273,16 +280,13 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
     groups = [_group_size(fn, qualified, tuple(getattr(module, name).shape), scope, n_keep, m_group)
               for qualified, module, name in chosen]  # every check before any change to the model
     label = f"{n_keep}:{m_group}" if scope == "nm" else scope
-    tied = {}
-    for mod_name, module in model.named_modules():
-        for name in _tensor_names(module):
-            tied.setdefault(_storage_key(module, name), []).append((module, name))
+    tied = _by_storage(_model_tensors(model))
     for (_, module, name), group in zip(chosen, groups):
         tensor = latent(module, name)
         spec = PARAMETRIZATIONS[method](tensor.shape, group, sparsity, lam, p, label,
                                         algorithm=algorithm, num_iter=num_iter, debias=debias,
                                         relative_lam=relative_lam).to(tensor.device)
-        for holder, holder_name in tied[_storage_key(module, name)]:
+        for _, holder, holder_name in tied[_storage_key(module, name)]:
             attach_(holder, holder_name, spec)
     if scope == "global":
         refresh_global_(model)
@@ -377,10 +381,10 @@ def harden_(model: torch.nn.Module) -> list[str]:
     names = []
     for qualified, spec, module, name in pruned_tensors(model):
         hard = hardened_weight(spec, latent(module, name))
-        for holder, holder_name in [(m, n) for _, m, n in readers[id(spec)]]:
+        for _, holder, holder_name in readers[id(spec)]:
             detach_(holder, holder_name)
         with torch.no_grad():
-            for holder, holder_name in [(m, n) for _, m, n in readers[id(spec)]]:
+            for _, holder, holder_name in readers[id(spec)]:
                 if parametrize.is_parametrized(holder, holder_name):
                     setattr(holder, holder_name, hard)  # through right_inverse
                 else:

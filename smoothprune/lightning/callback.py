@@ -295,7 +295,8 @@ class SmoothPruningImpl:
                     log.info("SmoothPruning:   %s hardened sparsity %.4f", t.name, t.hard_sparsity)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if not pruned_tensors(pl_module):
+        pruned = pruned_tensors(pl_module)
+        if not pruned:
             return
         entry = {
             "format_version": FORMAT_VERSION,
@@ -303,7 +304,7 @@ class SmoothPruningImpl:
             "sparsity": self.current_sparsity,
             "lam": self.current_lam,
             "tensors": {q: {"shape": list(spec.shape), "k": int(spec.k), "group": spec.group_size,
-                            "scope": spec.scope, "method": spec.method} for q, spec, _, _ in pruned_tensors(pl_module)},
+                            "scope": spec.scope, "method": spec.method} for q, spec, _, _ in pruned},
             "latents": _latents(pl_module),
             "averaged_latents": {key: _latents(copy) for key, copy in self._averaged.items()},
         }
@@ -464,13 +465,11 @@ class SmoothPruningImpl:
         """Writes the latent weights saved by `on_save_checkpoint` into the pruned tensors."""
         if not latents:
             return
-        for qualified, spec, module, name in pruned_tensors(model):
-            prefix = qualified[: -len(name)]
-            for key, tensor in raw_tensors(module, name).items():
-                if prefix + key not in latents:
-                    raise ValueError(f"SmoothPruning: the checkpoint holds no latent weight for {prefix + key!r}; "
-                                     "it was written by a run that pruned other tensors")
-                tensor.copy_(latents[prefix + key])
+        for key, tensor in _latent_tensors(model):
+            if key not in latents:
+                raise ValueError(f"SmoothPruning: the checkpoint holds no latent weight for {key!r}; "
+                                 "it was written by a run that pruned other tensors")
+            tensor.copy_(latents[key])
 
     def _log_schedules(self, pl_module, on_step: bool) -> None:
         kw = dict(on_step=on_step, on_epoch=not on_step)
@@ -489,14 +488,17 @@ class SmoothPruningImpl:
         return report
 
 
-def _latents(model) -> dict:
-    """The stored tensors behind every pruned tensor (the latents), by state_dict key."""
-    out = {}
-    for qualified, spec, module, name in pruned_tensors(model):
+def _latent_tensors(model):
+    """(state_dict key, tensor) of the stored tensors behind every pruned tensor (the latents)."""
+    for qualified, _, module, name in pruned_tensors(model):
         prefix = qualified[: -len(name)]
         for key, tensor in raw_tensors(module, name).items():
-            out[prefix + key] = tensor.detach().clone()
-    return out
+            yield prefix + key, tensor
+
+
+def _latents(model) -> dict:
+    """A copy of the latents, by state_dict key (what a checkpoint saves)."""
+    return {key: tensor.detach().clone() for key, tensor in _latent_tensors(model)}
 
 
 __all__ = ["SmoothPruningImpl", "DEFAULT_RAMP", "DEFAULT_LAM", "DEFAULT_P"]

@@ -89,9 +89,8 @@ def hardened_raw(module: torch.nn.Module, name: str, hard: torch.Tensor) -> dict
     value = hard
     for p in reversed(list(plist)):
         value = p.right_inverse(value)
-    keys = list(raw_tensors(module, name))
     values = [value] if isinstance(value, torch.Tensor) else list(value)
-    return {key: v.to(dtype=raw.dtype) for key, v, raw in zip(keys, values, raw_tensors(module, name).values())}
+    return {key: v.to(dtype=raw.dtype) for (key, raw), v in zip(raw_tensors(module, name).items(), values)}
 
 
 # ------------------------------------------------------------------------------------------------
