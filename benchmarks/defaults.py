@@ -14,9 +14,11 @@ learning rate; test accuracy of the final, hardened model. Arms:
 * ``gmp``: gradual magnitude pruning, ``SmoothPruning(0.9, method="hard")`` (the same ramp);
 * ``lightning``: Lightning's ``ModelPruning("l1_unstructured")`` on the same weights, the same
   cubic ramp applied per epoch, made permanent at the end;
-* ``lam{λ}_p2``, ``lam{λ}_p4/3_abs`` (the operator's absolute λ), ``lam{λ}_p4/3_rel`` (λ
-  relative to each tensor's scale, ``relative_lam=True``), ``ramp{end}`` (the default λ and p,
-  ramp ``(0, end)``): the tuning grid of the smooth operator around the defaults.
+* the tuning grid of the smooth operator: ``BASE`` (λ = 0.5 relative, p = 4/3, ramp (0, 0.5),
+  finetune 0.25) with one change: ``lam{λ}_p2``, ``lam{λ}_p4/3_abs`` (the operator's absolute
+  λ), ``lam{λ}_p4/3_rel`` (λ relative to each tensor's scale, ``relative_lam=True``),
+  ``ramp{end}`` (ramp ``(0, end)``), ``finetune{f}`` (the last ``f`` of training fine-tunes
+  the hard-pruned weights).
 
 Each finished run is appended to ``OUT/runs.jsonl`` (a rerun skips what is there), and the
 table ``OUT/report.md`` is rewritten from all runs.
@@ -44,10 +46,13 @@ OPTIMIZERS = {
     "momentum": lambda params: torch.optim.SGD(params, lr=0.02, momentum=0.9),
     "adamw": lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01),
 }
-GRID = {f"lam{lam:g}_p2": dict(lam=lam, p=2.0) for lam in (1e-3, 1e-2, 1e-1, 1.0)}
-GRID |= {f"lam{lam:g}_p4/3_abs": dict(lam=lam, p=4 / 3, relative_lam=False) for lam in (1e-3, 1e-2, 1e-1, 1.0)}
-GRID |= {f"lam{lam:g}_p4/3_rel": dict(lam=lam, p=4 / 3, relative_lam=True) for lam in (0.3, 0.5, 0.7, 1.0, 3.0)}
-GRID |= {f"ramp{end:g}": dict(ramp=(0.0, end)) for end in (0.3, 0.7)}
+# The tuning grid: each arm is BASE with the named change, whatever the callback's defaults are.
+BASE = dict(lam=0.5, p=4 / 3, relative_lam=True, ramp=(0.0, 0.5), finetune=0.25)
+GRID = {f"lam{lam:g}_p2": BASE | dict(lam=lam, p=2.0) for lam in (1e-3, 1e-2, 1e-1, 1.0)}
+GRID |= {f"lam{lam:g}_p4/3_abs": BASE | dict(lam=lam, relative_lam=False) for lam in (1e-3, 1e-2, 1e-1, 1.0)}
+GRID |= {f"lam{lam:g}_p4/3_rel": BASE | dict(lam=lam) for lam in (0.3, 0.5, 0.7, 1.0, 3.0)}
+GRID |= {f"ramp{end:g}": BASE | dict(ramp=(0.0, end)) for end in (0.3, 0.7)}
+GRID |= {f"finetune{f:g}": BASE | dict(finetune=f) for f in (0.0, 0.1, 0.5)}
 ARMS = ["dense", "default", "gmp", "lightning", *GRID]
 
 
@@ -95,6 +100,17 @@ def cubic(t: float) -> float:
     return SPARSITY * (1.0 - (1.0 - min(max(t, 0.0), 1.0)) ** 3)
 
 
+def arm_config(arm: str) -> dict | None:
+    """The arguments the arm gives SmoothPruning on top of its defaults (None: not SmoothPruning)."""
+    if arm in ("dense", "lightning"):
+        return None
+    if arm == "default":
+        return {}
+    if arm == "gmp":
+        return {"method": "hard"}
+    return dict(GRID[arm])
+
+
 def callbacks_for(arm: str, net, epochs: int):
     from lightning.pytorch.callbacks import ModelPruning
 
@@ -102,10 +118,6 @@ def callbacks_for(arm: str, net, epochs: int):
 
     if arm == "dense":
         return []
-    if arm == "default":
-        return [SmoothPruning(SPARSITY)]
-    if arm == "gmp":
-        return [SmoothPruning(SPARSITY, method="hard")]
     if arm == "lightning":
         # ModelPruning prunes a fraction of the remaining weights at each epoch's end: the
         # increments that follow the cubic ramp over the first half of training
@@ -117,7 +129,7 @@ def callbacks_for(arm: str, net, epochs: int):
 
         return [ModelPruning("l1_unstructured", parameters_to_prune=prunable(net), amount=amount,
                              use_global_unstructured=False, make_pruning_permanent=True, verbose=0)]
-    return [SmoothPruning(SPARSITY, **GRID[arm])]
+    return [SmoothPruning(SPARSITY, **arm_config(arm))]
 
 
 def run(model_name: str, optimizer: str, arm: str, seed: int) -> dict:
@@ -145,7 +157,7 @@ def run(model_name: str, optimizer: str, arm: str, seed: int) -> dict:
     weights = [w for m, n in prunable(net) for w in [getattr(m, n)]]
     sparsity = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     return {"model": model_name, "optimizer": optimizer, "arm": arm, "seed": seed, "test_acc": correct / total,
-            "sparsity": sparsity, "seconds": seconds}
+            "sparsity": sparsity, "seconds": seconds, "config": arm_config(arm)}
 
 
 def load_runs(out: str) -> list[dict]:

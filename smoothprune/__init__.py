@@ -13,7 +13,7 @@ from smoothprune.ops import (
     soft_topk_mag,
     soft_topk_mask,
 )
-from smoothprune.pruning import harden_, prune_, set_lam_, set_sparsity_, sparsity_report
+from smoothprune.pruning import harden_, prune_, set_hard_training_, set_lam_, set_sparsity_, sparsity_report
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "harden_",
     "set_sparsity_",
     "set_lam_",
+    "set_hard_training_",
     "sparsity_report",
     "save_sparse",
     "load_sparse",

@@ -350,6 +350,15 @@ def set_lam_(model: torch.nn.Module, lam: float) -> None:
         spec.set_lam(lam)
 
 
+def set_hard_training_(model: torch.nn.Module, hard: bool) -> None:
+    """Switches training of every pruned tensor to its hard top-k (``hard=True``: the forward is
+    the hardened weight, the gradient flows to the kept entries) or back to its method."""
+    if not isinstance(hard, bool):
+        raise ValueError(f"set_hard_training_: expected hard to be a bool, got {hard!r}")
+    for _, spec, _, _ in pruned_tensors(model):
+        spec.train_hard = hard
+
+
 @torch.no_grad()
 def hardened_weight(spec: TopKMagParametrization, original: torch.Tensor) -> torch.Tensor:
     """The exactly-k hard top-k of ``original`` under ``spec``'s groups and k."""

@@ -48,6 +48,7 @@ from smoothprune.pruning import (
     prune_,
     pruned_tensors,
     refresh_global_,
+    set_hard_training_,
     set_lam_,
     set_sparsity_,
     sparsity_report,
@@ -59,8 +60,11 @@ INTERVALS = ("step", "epoch")
 # A float sparsity ramps by a cubic schedule (Zhu & Gupta) over this part of training; chosen
 # by benchmarks/defaults.py (see the README's "Defaults" table).
 DEFAULT_RAMP = (0.0, 0.5)
-DEFAULT_LAM = 0.5  # relative (relative_lam=True): lam * rms(W')^(2 - p) per tensor
+DEFAULT_LAM = 1.0  # relative (relative_lam=True): lam * rms(W')^(2 - p) per tensor
 DEFAULT_P = 4 / 3
+# The last part of training fine-tunes the hard-pruned weights (what is exported), also chosen
+# by benchmarks/defaults.py.
+DEFAULT_FINETUNE = 0.25
 _SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
 
 
@@ -102,6 +106,19 @@ def _check_ramp(ramp):
         raise ValueError(f"SmoothPruning: expected ramp to be None or (begin, end) fractions of training with "
                          f"0 <= begin <= end <= 1, got ramp={ramp!r}")
     return float(ramp[0]), float(ramp[1])
+
+
+def _check_finetune(finetune, ramp):
+    if finetune is None:
+        return 0.0
+    if isinstance(finetune, bool) or not isinstance(finetune, numbers.Real) or not 0.0 <= finetune < 1.0:
+        raise ValueError(f"SmoothPruning: expected finetune to be None or a fraction of training in [0, 1), got "
+                         f"finetune={finetune!r}")
+    if ramp is not None and ramp[1] > 1.0 - finetune + 1e-12:
+        raise ValueError(f"SmoothPruning: the hard fine-tuning (the last finetune={finetune!r} of training) would "
+                         f"start before the sparsity ramp {ramp!r} ends; pass finetune <= {1.0 - ramp[1]:g} (or None), "
+                         f"or a ramp that ends by {1.0 - finetune:g}")
+    return float(finetune)
 
 
 def _check_bool(name: str, value) -> bool:
@@ -156,6 +173,10 @@ class SmoothPruningImpl:
             from there.
         finish_at_target: a fit that ends before the schedule reaches its target (``max_time``,
             ``max_steps``, an interrupt) is hardened at the target sparsity, with a warning.
+        finetune: the fraction of training, at its end, that trains the hard top-k of the
+            latent weights (the weights that will be exported; the gradient flows to the kept
+            entries) instead of the smooth operator; ``0`` or ``None``: smooth to the end.
+            Ignored by ``method="hard"``.
 
     Raises:
         ValueError: on any bad argument, naming it and the value received.
@@ -165,8 +186,9 @@ class SmoothPruningImpl:
                  scope="layer", ramp=DEFAULT_RAMP, parameters_to_prune=None, exclude=None, interval: str = "step",
                  frequency: int = 1, make_pruning_permanent: bool = True, export_path=None, verbose: int = 0,
                  algorithm: str = "auto", num_iter=None, relative_lam: bool = True, best_at_target: bool = True,
-                 hold_early_stopping: bool = True, finish_at_target: bool = True):
+                 hold_early_stopping: bool = True, finish_at_target: bool = True, finetune=DEFAULT_FINETUNE):
         self.ramp = _check_ramp(ramp)
+        self.finetune = _check_finetune(finetune, self.ramp)
         self._float_sparsity = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
         self.sparsity_schedule = _schedule("sparsity", sparsity, upper=1.0)
         self.lam_schedule = _schedule("lam", lam, upper=None)
@@ -207,13 +229,15 @@ class SmoothPruningImpl:
         if verbose:
             _enable_console_log()
         self._ramp_steps = None  # (begin, end) of the resolved ramp, once the trainer's length is known
+        self._finetune_from = None  # the clock at which this fit's hard fine-tuning starts
+        self.finetuning = False  # training reads the hard top-k (the fine-tuning phase)
         if self._float_sparsity and self.ramp is not None:
             self.current_sparsity = 0.0
         else:
             self.current_sparsity = float(self.sparsity_schedule.at(0))
         self.current_lam = float(self.lam_schedule.at(0))
         self.reached_target = False  # the schedule reached its target (EarlyStopping starts then)
-        self.completed = False  # a fit ended hardened: a next fit prunes at the target from its start
+        self.completed = False  # a fit ended at the target: a next fit prunes at the target from its start
         self._pending = None  # the "smoothprune" entry of a checkpoint being resumed
         self._gates = Gates()
         self._held_early_stopping = []
@@ -239,6 +263,7 @@ class SmoothPruningImpl:
     def on_fit_start(self, trainer, pl_module) -> None:
         total = self._training_length(trainer)  # (on every rank: it may synchronize them)
         self._resolve_ramp(total)
+        self._finetune_from = self._finetune_start(total)
         if self.completed:
             self.current_sparsity = self.target_sparsity
             self.current_lam = float(self.lam_schedule.at(10**12))
@@ -256,6 +281,7 @@ class SmoothPruningImpl:
             self._restore_latents(copy, (self._pending or {}).get("averaged_latents", {}).get(key))
         self._pending = None
         refresh_global_(pl_module)
+        self._set_finetuning(pl_module, self._clock(trainer), force=True)
         self.reached_target = self._at_target()
         if self.best_at_target:
             self._gates.hold_checkpoints(trainer, self._at_target)
@@ -399,6 +425,7 @@ class SmoothPruningImpl:
         ticks, writes their values into the model."""
         self.sparsity_schedule.last_step = clock
         self.lam_schedule.last_step = clock
+        self._set_finetuning(pl_module, clock)
         if clock % self.frequency:
             return
         if self.completed:  # a fit after a completed one keeps the target
@@ -415,6 +442,21 @@ class SmoothPruningImpl:
         if not self.reached_target and self._at_target():
             self.reached_target = True
             Gates.restart_patience(self._held_early_stopping)
+
+    def _finetune_start(self, total: float):
+        """The clock at which this fit's hard fine-tuning starts (None: it has none)."""
+        if not self.finetune or self.method == "hard" or not math.isfinite(total):
+            return None
+        return int(round((1.0 - self.finetune) * total))
+
+    def _set_finetuning(self, pl_module, clock: int, force: bool = False) -> None:
+        finetuning = self._finetune_from is not None and clock >= self._finetune_from
+        if force or finetuning != self.finetuning:
+            set_hard_training_(pl_module, finetuning)
+            self.finetuning = finetuning
+            if finetuning and self.verbose:
+                log.info("SmoothPruning: %s %d, hard fine-tuning at sparsity %.4f until the end", self.interval,
+                         clock, self.current_sparsity)
 
     def _finish_early(self, trainer, pl_module, why: str) -> None:
         """A run that ends before its schedule reached the target: move it to the target."""
@@ -439,9 +481,10 @@ class SmoothPruningImpl:
         self._averaged = {}
         pruning = {"target_sparsity": self.target_sparsity, "sparsity": self.current_sparsity,
                    "tensors": [q for q, *_ in pruned_tensors(pl_module)]}
+        if pruned_tensors(pl_module) and self._at_target():
+            self.completed = True
         if self.make_pruning_permanent and pruned_tensors(pl_module):
             harden_(pl_module)
-            self.completed = True
             if self.verbose and trainer.is_global_zero:
                 log.info("SmoothPruning: hardened the model\n%s", sparsity_report(pl_module))
         if self.export_path is not None:

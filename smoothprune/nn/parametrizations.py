@@ -80,6 +80,7 @@ class TopKMagParametrization(torch.nn.Module):
         # (for p = 2 lam is already relative: the window is a factor (1 + lam) around the k-th value).
         self.relative_lam = bool(relative_lam) and self.p != 2.0
         self.eval_hard = True  # in eval mode the module reads the hardened weight
+        self.train_hard = False  # set for a hard fine-tuning phase: training reads it too
         # Persistent buffers: saved with the model, restored on resume, read by the exporter.
         self.register_buffer("k", torch.tensor(kept_per_group(sparsity, group_size), dtype=torch.int64))
         self.register_buffer("group", torch.tensor(self.group_size, dtype=torch.int64))
@@ -150,10 +151,11 @@ class TopKMagParametrization(torch.nn.Module):
 
     def weight(self, w: torch.Tensor, training: bool) -> torch.Tensor:
         """The weight a module reads: this method's operator while training, the hardened weight
-        in eval mode (unless ``eval_hard`` is False)."""
-        if training or not self.eval_hard:
-            return self(w)
-        return self.hard(w)
+        in eval mode (unless ``eval_hard`` is False) and in training once ``train_hard`` is set
+        (hard fine-tuning: the gradient flows to the kept entries)."""
+        if self.train_hard if training else self.eval_hard:
+            return self.hard(w)
+        return self(w)
 
     def follow_device_(self, fn) -> None:
         """Moves the buffers to the device that the module's ``_apply(fn)`` moved it to (dtype

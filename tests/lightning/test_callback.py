@@ -84,6 +84,66 @@ def test_schedules_drive_the_buffers_step_by_step():
     assert pruned_tensors(model)  # make_pruning_permanent=False keeps the parametrizations
 
 
+def test_finetune_trains_the_hard_weights_for_the_last_part_of_training():
+    L = lightning.pytorch
+    seen = []
+
+    class Probe(L.Callback):  # listed after SmoothPruning: sees each step's weights before the forward
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            layer = pl_module.encoder[2]
+            spec = pruned_tensors(pl_module)[1][1]
+            latent = layer._parameters["weight"]
+            seen.append((trainer.global_step, torch.equal(layer.weight, spec.hard(latent)), float(spec.sparsity)))
+
+        def on_after_backward(self, trainer, pl_module):
+            if trainer.global_step >= 24:  # hard phase: no gradient reaches the pruned latents
+                layer = pl_module.encoder[2]
+                latent = layer._parameters["weight"]
+                pruned = pruned_tensors(pl_module)[1][1].hard(latent) == 0
+                assert torch.all(latent.grad[pruned] == 0)
+                assert torch.any(latent.grad[~pruned] != 0)
+
+    torch.manual_seed(0)
+    model = make_module_class(L)()
+    cb = SmoothPruning(0.8, lam=0.5, finetune=0.25)  # 32 steps: ramp over 0..16, hard from step 24
+    trainer = _trainer(L, [cb, Probe()], max_epochs=4)
+    trainer.fit(model, loader())
+    assert [step for step, hard, s in seen if hard and s > 0] == list(range(24, 32))  # (at s = 0 both keep all)
+    assert all(s == pytest.approx(0.8) for step, _, s in seen if step >= 16)
+    # what the last steps trained is what the user gets
+    assert all(int((w != 0).sum()) == round(0.2 * w.numel())
+               for w in (model.encoder[0].weight, model.encoder[2].weight, model.head.weight))
+
+
+def test_a_second_fit_of_a_model_left_pruned_keeps_the_target_and_starts_smooth():
+    L = lightning.pytorch
+    torch.manual_seed(0)
+    model = make_module_class(L)()
+    cb = SmoothPruning(0.8, make_pruning_permanent=False)
+    _trainer(L, [cb], max_epochs=2).fit(model, loader())
+    assert cb.finetuning and all(spec.train_hard for _, spec, _, _ in pruned_tensors(model))
+    seen = []  # (hard training, sparsity) at each step of a second fit
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            specs = [spec for _, spec, _, _ in pruned_tensors(pl_module)]
+            seen.append((any(spec.train_hard for spec in specs), min(float(spec.sparsity) for spec in specs)))
+
+    _trainer(L, [cb, Probe()], max_epochs=2).fit(model, loader())
+    assert seen[0][0] is False and seen[-1][0] is True
+    assert all(s == pytest.approx(0.8) for _, s in seen)  # the pruned model keeps its target: no new ramp
+
+
+def test_finetune_off_and_for_gradual_magnitude_pruning():
+    L = lightning.pytorch
+    for kwargs in (dict(finetune=0.0), dict(finetune=None), dict(method="hard")):
+        torch.manual_seed(0)
+        model = make_module_class(L)()
+        cb = SmoothPruning(0.8, make_pruning_permanent=False, **kwargs)
+        _trainer(L, [cb], max_epochs=2).fit(model, loader())
+        assert not cb.finetuning and not any(spec.train_hard for _, spec, _, _ in pruned_tensors(model)), kwargs
+
+
 def test_epoch_interval():
     L = lightning.pytorch
     torch.manual_seed(0)
@@ -96,7 +156,7 @@ def test_epoch_interval():
     assert float(pruned_tensors(model)[0][1].sparsity) == pytest.approx(0.45)  # epoch 1 of 0..2
 
 
-def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False):
+def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False, stop_after=None):
     torch.manual_seed(seed)
     model = make_module_class(L)()
     cb = SmoothPruning(schedules.Cubic(init=0.0, final=0.85, begin=0, end=30, frequency=3),
@@ -105,6 +165,12 @@ def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False):
     callbacks = [cb]
     if save:
         callbacks.append(L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True))
+    if stop_after is not None:  # an interrupted run: the same Trainer, stopped after `stop_after` epochs
+        class Stop(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                trainer.should_stop = trainer.current_epoch + 1 >= stop_after
+
+        callbacks.append(Stop())
     trainer = _trainer(L, callbacks, max_epochs=max_epochs, enable_checkpointing=save)
     torch.manual_seed(1234)
     trainer.fit(model, loader(), ckpt_path=ckpt_path)
@@ -114,7 +180,7 @@ def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False):
 def test_resume_mid_schedule_reaches_the_same_weights(tmp_path):
     L = lightning.pytorch
     full, cb_full = _fit(L, tmp_path / "a", max_epochs=5, seed=0)
-    _, cb_half = _fit(L, tmp_path / "b", max_epochs=2, seed=0, save=True)  # stops at step 16 of 30
+    _, cb_half = _fit(L, tmp_path / "b", max_epochs=5, seed=0, save=True, stop_after=2)  # stops at step 16 of 30
     saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
     assert 0 < saved["smoothprune"]["sparsity"] < 0.85  # mid-schedule (the run itself then ended at the target)
     resumed, cb_resumed = _fit(L, tmp_path / "c", max_epochs=5, seed=99, ckpt_path=tmp_path / "b" / "last.ckpt")
@@ -158,6 +224,9 @@ BAD = [
     (dict(verbose=5), "SmoothPruning: expected verbose in (0, 1, 2), got verbose=5"),
     (dict(algorithm="dykstra", p=3.0), "SmoothPruning: algorithm='dykstra' supports p=2 and p=4/3 only, got p=3.0"),
     (dict(parameters_to_prune=[]), "SmoothPruning: expected parameters_to_prune to be None or non-empty"),
+    (dict(finetune=1.0), "SmoothPruning: expected finetune to be None or a fraction of training in [0, 1), got finetune=1.0"),
+    (dict(finetune=0.6), "SmoothPruning: the hard fine-tuning (the last finetune=0.6 of training) would start before "
+                         "the sparsity ramp (0.0, 0.5) ends"),
 ]
 
 

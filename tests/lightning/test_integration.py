@@ -537,19 +537,23 @@ def test_checkpoints_of_smoothprune_0_1_still_resume_and_export(tmp_path):
     the same weights as an uninterrupted run, and exports."""
     from tests.legacy import legacy_model
 
+    class Stop(L.Callback):  # an interrupted run: the same Trainer, stopped after 2 epochs
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.current_epoch >= 1
+
     def fit(max_epochs, ckpt_path=None, save=False):
         torch.manual_seed(0)
         model = Classifier(Net())
         pruning = SmoothPruning(schedules.Cubic(init=0.0, final=0.8, begin=0, end=30), scope="global",
                                 make_pruning_permanent=False, finish_at_target=False)
-        callbacks = [pruning] + ([ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else [])
+        callbacks = [pruning] + ([ModelCheckpoint(dirpath=tmp_path, save_last=True), Stop()] if save else [])
         torch.manual_seed(1234)
         _trainer(tmp_path, callbacks, max_epochs=max_epochs, enable_checkpointing=save).fit(
             model, loader(), ckpt_path=ckpt_path, weights_only=False)
         return model
 
     full = fit(5)
-    half = fit(2, save=True)
+    half = fit(5, save=True)  # stopped after 2 epochs
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     # rewrite it as smoothprune 0.1 did: parametrized keys holding the latents, no "smoothprune" entry
     old = legacy_model(half)

@@ -237,6 +237,18 @@ def test_compiled_parametrized_model_matches_eager_without_recompiling(method):
         out_c, _ = grads(compiled)
         assert torch.allclose(out_c, out_eager, atol=1e-5)
     assert counter.frame_count == frames  # new sparsity and lam: no recompilation
+    # hard fine-tuning: one more graph (the hard forward), matching eager; then new k compile nothing
+    sp.set_hard_training_(model, True)
+    out_eager, g_eager = grads(model)
+    out_c, g_c = grads(compiled)
+    assert torch.allclose(out_c, out_eager, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_c, g_eager))
+    frames = counter.frame_count
+    sp.set_sparsity_(model, 0.9)
+    out_eager, _ = grads(model)
+    out_c, _ = grads(compiled)
+    assert torch.allclose(out_c, out_eager, atol=1e-5)
+    assert counter.frame_count == frames
 
 
 def test_any_in_place_change_of_k_or_lam_reaches_the_operator():
@@ -279,3 +291,20 @@ def test_relative_lam_makes_pruning_scale_equivariant(p):
     assert not torch.allclose(absolute.weight, 1e-3 * reference, rtol=1e-3, atol=0)
     with pytest.raises(ValueError, match="prune_: expected relative_lam to be a bool, got 'yes'"):
         sp.prune_(torch.nn.Linear(4, 4), 0.5, relative_lam="yes")
+
+
+def test_hard_training_reads_the_hardened_weight_and_trains_the_kept_entries():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 8)
+    sp.prune_(layer, 0.75, lam=0.5, p=4 / 3, relative_lam=True)
+    latent = layer._parameters["weight"]
+    hard = sp.pruning.hardened_weight(pruned_tensors(layer)[0][1], latent)
+    assert not torch.equal(layer.weight, hard)  # smooth while training
+    sp.set_hard_training_(layer, True)
+    assert torch.equal(layer.weight, hard)
+    layer(torch.randn(4, 16)).square().sum().backward()
+    assert torch.all(latent.grad[hard == 0] == 0) and torch.all(latent.grad[hard != 0] != 0)
+    sp.set_hard_training_(layer, False)
+    assert not torch.equal(layer.weight, hard)
+    with pytest.raises(ValueError, match="set_hard_training_: expected hard to be a bool, got 1"):
+        sp.set_hard_training_(layer, 1)
