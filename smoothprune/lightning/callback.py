@@ -479,11 +479,11 @@ class SmoothPruningImpl:
         for copy in self._averaged.values():
             unmirror_(copy)
         self._averaged = {}
-        pruning = {"target_sparsity": self.target_sparsity, "sparsity": self.current_sparsity,
-                   "tensors": [q for q, *_ in pruned_tensors(pl_module)]}
-        if pruned_tensors(pl_module) and self._at_target():
+        names = [q for q, *_ in pruned_tensors(pl_module)]
+        pruning = {"target_sparsity": self.target_sparsity, "sparsity": self.current_sparsity, "tensors": names}
+        if names and self._at_target():
             self.completed = True
-        if self.make_pruning_permanent and pruned_tensors(pl_module):
+        if self.make_pruning_permanent and names:
             harden_(pl_module)
             if self.verbose and trainer.is_global_zero:
                 log.info("SmoothPruning: hardened the model\n%s", sparsity_report(pl_module))
