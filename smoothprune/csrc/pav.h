@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -40,22 +41,31 @@ enum class PKind { kTwo, kFourThirds, kGeneral };
 
 struct TopkParams {
   double lam;
+  double log_lam;  // log(lam): exact even where lam itself is not a float64 (a frame's lam)
   double p;
   double q;       // p / (p - 1)
-  double lam_q1;  // lam^(q-1)
+  double lam_q1;  // lam^(q-1) (the closed forms only)
   PKind kind;
   bool magnitude;
   bool debias;
 
   SP_HD static TopkParams make(double lam, double p, bool magnitude, bool debias) {
+    return make_log(::log(lam), p, magnitude, debias);
+  }
+
+  // The closed forms of p = 2 and p = 4/3 need lam (and lam^3) to be ordinary float64 numbers;
+  // any other lam, and any other p, takes the general solver, which only ever forms bounded
+  // quantities (see psi).
+  SP_HD static TopkParams make_log(double log_lam, double p, bool magnitude, bool debias) {
     TopkParams P;
-    P.lam = lam;
+    P.log_lam = log_lam;
+    P.lam = ::exp(log_lam);
     P.p = p;
     P.q = p / (p - 1.0);
-    P.lam_q1 = ::pow(lam, P.q - 1.0);
-    if (::fabs(p - 2.0) < 1e-12) {
+    P.lam_q1 = ::exp((P.q - 1.0) * log_lam);
+    if (::fabs(p - 2.0) < 1e-12 && ::fabs(log_lam) < 690.0) {
       P.kind = PKind::kTwo;
-    } else if (::fabs(p - 4.0 / 3.0) < 1e-12) {
+    } else if (::fabs(p - 4.0 / 3.0) < 1e-12 && ::fabs(log_lam) < 230.0) {
       P.kind = PKind::kFourThirds;
     } else {
       P.kind = PKind::kGeneral;
@@ -66,18 +76,28 @@ struct TopkParams {
   }
 };
 
-// The pooled block [a, b) of a solved row (empty when a == b) and its value gamma.
+// The pooled block [a, b) of a solved row (empty when a == b) and its value gamma; rel is
+// gamma minus the row's junction key (the k-th largest), exact where gamma - key would cancel.
 struct BoundaryBlock {
   int64_t a;
   int64_t b;
   double gamma;
+  double rel;
 };
 
 SP_HD inline double signed_pow(double z, double e) {
   return z >= 0 ? ::pow(z, e) : -::pow(-z, e);
 }
 
-// Output-side map y = psi(z) = sign(z) (|z| / lam)^(q-1).
+// lam * v for v >= 0, also where lam is beyond float64's range.
+SP_HD inline double lam_times(double v, const TopkParams& P) {
+  if (P.kind != PKind::kGeneral) return P.lam * v;
+  return v > 0 ? ::exp(P.log_lam + ::log(v)) : 0.0;
+}
+
+// Output-side map y = psi(z) = sign(z) (|z| / lam)^(q-1). A block member has
+// 0 <= psi(z) <= 1 (mask) or <= gamma (magnitude): computed directly (never through
+// |z|^(q-1) and lam^(q-1), which overflow for p near 1 or extreme lam).
 SP_HD inline double psi(double z, const TopkParams& P) {
   switch (P.kind) {
     case PKind::kTwo:
@@ -86,8 +106,31 @@ SP_HD inline double psi(double z, const TopkParams& P) {
       const double r = z / P.lam;
       return r * r * r;
     }
-    default:
-      return signed_pow(z / P.lam, P.q - 1.0);
+    default: {
+      if (z == 0) return 0.0;
+      const double v = ::exp((P.q - 1.0) * (::log(::fabs(z)) - P.log_lam));
+      return z > 0 ? v : -v;
+    }
+  }
+}
+
+// psi'(z) for z >= 0. For p > 2 (q < 2) it is infinite at z = 0; z is floored at 1e-12 lam
+// there, far below any float32 resolution of y.
+SP_HD inline double psi_deriv(double z, const TopkParams& P) {
+  switch (P.kind) {
+    case PKind::kTwo:
+      return 1.0 / P.lam;
+    case PKind::kFourThirds: {
+      const double r = z / P.lam;
+      return 3.0 * r * r / P.lam;
+    }
+    default: {
+      double az = ::fabs(z);
+      const double floor = ::exp(P.log_lam - 27.631021115928547);  // 1e-12 lam
+      if (P.q < 2.0) az = std::max(az, floor);
+      if (az == 0) return P.q > 2.0 ? 0.0 : ::exp(-P.log_lam);
+      return (P.q - 1.0) * psi(az, P) / az;
+    }
   }
 }
 
@@ -136,52 +179,87 @@ SP_HD inline double depressed_cubic_root(double Pc, double Qc) {
   return scale * (-Q / (A * A + P / 3.0 + B * B));
 }
 
-// Safeguarded Newton for a decreasing f on [lo, hi] with f(lo) >= 0 >= f(hi).
-// `f(x, &df)` returns f(x) and stores f'(x). Falls back to bisection whenever the Newton step
-// leaves the bracket or the derivative is not usable.
+// float64 numbers as integers of the same order (-0.0 and +0.0 both 0).
+SP_HD inline int64_t ordered_bits(double v) {
+  int64_t b;
+  ::memcpy(&b, &v, sizeof b);
+  return b >= 0 ? b : -(b & INT64_MAX);
+}
+
+SP_HD inline double from_ordered_bits(int64_t o) {
+  const int64_t b = o >= 0 ? o : ((-o) | INT64_MIN);
+  double v;
+  ::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// The float64 halfway between lo < hi in order (not in value): bisection by it reaches adjacent
+// numbers in at most 64 steps whatever the bracket spans (1e-300 .. 1 as well as 1 .. 2).
+SP_HD inline double ordered_midpoint(double lo, double hi) {
+  const int64_t a = ordered_bits(lo), b = ordered_bits(hi);
+  return from_ordered_bits((a >> 1) + (b >> 1) + (a & b & 1));
+}
+
+// Root of a decreasing f on [lo, hi] with f(lo) >= 0 >= f(hi) (f may be infinite there).
+// `f(x, &df)` returns f(x) and stores f'(x). Every evaluation shrinks the bracket; a Newton step
+// is taken when it stays inside and the bracket keeps halving, a bisection step otherwise. The
+// search ends on a zero or when the bracket's ends are adjacent (or within 2 ulps) — never on a
+// small step alone, which is no proof near an infinite slope (p > 2 at z = 0). A Newton step
+// shorter than the tolerance is stretched to it, so that the root gets bracketed from both sides.
+// Returns the evaluated point of smallest |f|.
 template <typename F>
 SP_HD double solve_decreasing(F&& f, double lo, double hi, double x) {
   constexpr double kEps = 2.220446049250313e-16;  // float64 machine epsilon
-  if (!(x >= lo && x <= hi)) x = 0.5 * (lo + hi);
+  if (!(x > lo && x < hi)) x = ordered_midpoint(lo, hi);
+  double best = x, best_abs = INFINITY;
+  double width_before = INFINITY, width_now = hi - lo;
   for (int it = 0; it < 300; ++it) {
     double df = 0.0;
     const double fx = f(x, &df);
     if (fx == 0.0) return x;
+    if (::fabs(fx) < best_abs) {
+      best_abs = ::fabs(fx);
+      best = x;
+    }
     if (fx > 0) lo = x; else hi = x;
-    // A zero, infinite or NaN derivative gives no usable Newton step: bisect instead.
-    double next = ((df - df == 0.0) && df < 0) ? x - fx / df : 0.5 * (lo + hi);
-    if (!(next > lo && next < hi)) next = 0.5 * (lo + hi);
-    const double tol = 2.0 * kEps * std::max(::fabs(next), ::fabs(x)) + 1e-300;
-    if (::fabs(next - x) <= tol || hi - lo <= tol) return next;
+    const double mid = ordered_midpoint(lo, hi);
+    if (mid <= lo || mid >= hi || hi - lo <= 2.0 * kEps * std::max(::fabs(lo), ::fabs(hi))) break;
+    const double width = hi - lo;
+    const bool halving = width <= 0.5 * width_before;  // over the last two steps
+    width_before = width_now;
+    width_now = width;
+    // A zero, infinite or NaN derivative gives no usable Newton step.
+    double next = ((df - df == 0.0) && df < 0) ? x - fx / df : NAN;
+    const double tol = 2.0 * kEps * ::fabs(x);
+    if (next - x < tol && next - x > -tol) next = next > x ? x + tol : x - tol;
+    if (!(next > lo && next < hi) || (it >= 2 && !halving)) next = mid;
     x = next;
   }
-  return x;
+  return best;
+}
+
+// Magnitude singleton with w = 1 at key s >= 0: its value is v = s - z, where z solves
+// psi(z) = s - z (that is, s = v + lam v^(p-1)). Returns z, the small one of the two when lam
+// is small (v = s - z then keeps every digit).
+SP_HD inline double kept_shrink(double s, const TopkParams& P) {
+  if (s <= 0) return 0.0;
+  if (P.kind == PKind::kTwo) return s / (1.0 + 1.0 / P.lam);
+  if (P.kind == PKind::kFourThirds) {
+    // r = v^(1/3) solves r^3 + lam r - s = 0, and z = lam r.
+    return P.lam * depressed_cubic_root(P.lam, -s);
+  }
+  auto f = [&](double z, double* df) {
+    *df = -1.0 - psi_deriv(z, P);
+    return s - z - psi(z, P);
+  };
+  return solve_decreasing(f, 0.0, s, NAN);
 }
 
 // Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.
 SP_HD inline double kept_value(double s, const TopkParams& P, double* z_out) {
-  double v;
-  if (s <= 0) {
-    v = 0.0;
-  } else if (P.kind == PKind::kTwo) {
-    v = s / (1.0 + P.lam);
-  } else if (P.kind == PKind::kFourThirds) {
-    // r = v^(1/3) solves r^3 + lam r - s = 0.
-    const double r = depressed_cubic_root(P.lam, -s);
-    v = r * r * r;
-    if (z_out) *z_out = P.lam * r;
-    return v;
-  } else {
-    const double pm1 = P.p - 1.0;
-    auto f = [&](double v_, double* df) {
-      const double pw = ::pow(v_, pm1);
-      *df = -1.0 - P.lam * pm1 * (v_ > 0 ? pw / v_ : INFINITY);
-      return s - v_ - P.lam * pw;
-    };
-    v = solve_decreasing(f, 0.0, s, s / (1.0 + P.lam * ::pow(s, P.p - 2.0)));
-  }
-  if (z_out) *z_out = s - v;
-  return v;
+  const double z = kept_shrink(s, P);
+  if (z_out) *z_out = z;
+  return s > 0 ? std::max(s - z, 0.0) : 0.0;
 }
 
 // Singleton value val_i of sorted position i.
@@ -211,70 +289,98 @@ SP_HD inline scalar_t block_output(scalar_t xj, double s, double gamma, const To
   return static_cast<scalar_t>(out);
 }
 
-// Exact value of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts).
-template <typename S>
-SP_HD inline double block_value(const S* s, int64_t a, int64_t b, int64_t k, const TopkParams& P) {
+// ---- One sorted row ----------------------------------------------------------------------
+// The solver reads the row as differences d_i = s_i - c from the junction key c = s_{k-1}
+// (`d(i)`, descending, d(k-1) = 0) and finds rel = gamma - c: where lam is tiny against the keys,
+// gamma - s_i would cancel to nothing while rel keeps every digit. The mask's equations involve
+// differences only; the magnitude's also need the absolute value gamma = c + rel.
+
+// Value offset of a kept singleton at difference d: val - c.
+SP_HD inline double kept_rel(double d, double c, const TopkParams& P) {
+  return P.magnitude ? d - kept_shrink(c + d, P) : d - P.lam;
+}
+
+// The difference below which a kept singleton's value falls under rel (it then joins a block
+// of value c + rel): rel + lam (mask), rel + lam gamma^(p-1) (magnitude). Non-decreasing in rel.
+SP_HD inline double kept_threshold_rel(double rel, double c, const TopkParams& P) {
+  if (!P.magnitude) return rel + P.lam;
+  const double g = c + rel;
+  return g > 0 ? rel + lam_times(::pow(g, P.p - 1.0), P) : rel;
+}
+
+// The key below which a kept singleton's value falls under g (it then joins a block of value g):
+// g + lam g^(p-1) for the magnitude, g + lam for the mask. Non-decreasing in g.
+SP_HD inline double kept_threshold(double g, const TopkParams& P) {
+  return g + kept_threshold_rel(0.0, g, P);
+}
+
+// The block equation of the members [a, b) for the offset rel, with its slope:
+//   sum psi(d_i - rel) - W (1 for the mask, gamma for the magnitude),  W = #{members < k}.
+// Decreasing in rel; every term is bounded for members (psi <= 1 or <= gamma).
+template <typename D>
+SP_HD inline double block_equation(const D& d, int64_t a, int64_t b, int64_t k, double c, double rel,
+                                   const TopkParams& P, double* df) {
+  double f = 0.0, slope = 0.0;
+  for (int64_t i = a; i < b; ++i) {
+    const double z = d(i) - rel;
+    f += psi(z, P);
+    slope += psi_deriv(std::max(z, 0.0), P);
+  }
+  const double W = static_cast<double>(std::min(b, k) - a);
+  f -= W * (P.magnitude ? c + rel : 1.0);
+  *df = -slope - (P.magnitude ? W : 0.0);
+  return f;
+}
+
+// Exact offset rel of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts).
+template <typename D>
+SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, double c, const TopkParams& P) {
   const double m = static_cast<double>(b - a);
   const double W = static_cast<double>(std::min(b, k) - a);
+  double S1 = 0.0;
+  for (int64_t i = a; i < b; ++i) S1 += d(i);
   if (P.kind == PKind::kTwo) {
-    double sum = 0.0;
-    for (int64_t i = a; i < b; ++i) sum += s[i];
-    return P.magnitude ? sum / (m + P.lam * W) : (sum - P.lam * W) / m;
+    return P.magnitude ? (S1 - P.lam * W * c) / (m + P.lam * W) : (S1 - P.lam * W) / m;
   }
-  auto block_equation = [&](double g, double* df) {
-    double f = 0.0, d = 0.0;
-    for (int64_t i = a; i < b; ++i) {
-      double value, slope;
-      psi_tilde(s[i] - g, P, &value, &slope);
-      f += value;
-      d += slope;
-    }
-    f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
-    *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
-    return f;
-  };
-  const double smax = s[a], smin = s[b - 1];  // s is sorted in descending order
-  const double lo = P.magnitude ? 0.0 : smin - P.lam;
-  const double hi = smax;
+  const double lo = P.magnitude ? -c : d(b - 1) - P.lam;
+  const double hi = d(a);
+  double start = NAN;
   if (P.kind == PKind::kFourThirds) {
-    // Closed form from central moments (two passes: mean, then moments), then Newton polish.
-    double mu = 0.0;
-    for (int64_t i = a; i < b; ++i) mu += s[i];
-    mu /= m;
+    // Closed form from central moments, then Newton polish:
+    // sum (e_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W (gamma) (magnitude).
+    const double mu = S1 / m;
     double M2 = 0.0, M3 = 0.0;
     for (int64_t i = a; i < b; ++i) {
-      const double d = s[i] - mu;
-      M2 += d * d;
-      M3 += d * d * d;
+      const double e = d(i) - mu;
+      M2 += e * e;
+      M3 += e * e * e;
     }
-    const double l3W = P.lam_q1 * W;  // lam^3 W
-    // sum (d_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W (mu + u) (magnitude).
-    const double u = P.magnitude
-                         ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * mu - M3) / m)
-                         : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
-    return solve_decreasing(block_equation, lo, hi, mu + u);
+    const double l3W = P.lam_q1 * W;
+    const double u = P.magnitude ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
+                                 : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
+    start = mu + u;
   }
-  return solve_decreasing(block_equation, lo, hi, 0.5 * (lo + hi));
+  auto eq = [&](double rel, double* df) { return block_equation(d, a, b, k, c, rel, P, df); };
+  return solve_decreasing(eq, lo, hi, start);
 }
 
 // Grows the boundary block outwards from the junction with O(1) updates (p = 2 and p = 4/3):
-// running sums shifted by a reference near the junction keep the merge decisions accurate.
-template <typename S>
-SP_HD inline void grow_block_closed_form(const S* s, int64_t n, int64_t k, const TopkParams& P,
-                                   int64_t* a_out, int64_t* b_out) {
-  const double c = s[k - 1];
+// running sums of the differences keep the merge decisions accurate.
+template <typename D>
+SP_HD inline void grow_block_closed_form(const D& d, int64_t n, int64_t k, double c, const TopkParams& P,
+                                         int64_t* a_out, int64_t* b_out) {
   double m = 0, W = 0, S1 = 0, S2 = 0, S3 = 0;
   auto add = [&](int64_t i) {
-    const double d = s[i] - c;
+    const double e = d(i);
     m += 1;
     W += (i < k) ? 1.0 : 0.0;
-    S1 += d;
-    S2 += d * d;
-    S3 += d * d * d;
+    S1 += e;
+    S2 += e * e;
+    S3 += e * e * e;
   };
   auto value = [&]() {
     if (P.kind == PKind::kTwo) {
-      return P.magnitude ? (c * m + S1) / (m + P.lam * W) : c + (S1 - P.lam * W) / m;
+      return P.magnitude ? (S1 - P.lam * W * c) / (m + P.lam * W) : (S1 - P.lam * W) / m;
     }
     const double mu = S1 / m;
     const double M2 = std::max(S2 - S1 * mu, 0.0);
@@ -283,37 +389,32 @@ SP_HD inline void grow_block_closed_form(const S* s, int64_t n, int64_t k, const
     const double u = P.magnitude
                          ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
                          : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
-    return c + mu + u;
+    return mu + u;
   };
   int64_t a = k - 1, b = k + 1;
   add(k - 1);
   add(k);
-  double gamma = value();
+  double rel = value();
   for (;;) {
-    if (a > 0 && singleton_value(s[a - 1], true, P) < gamma) {
+    if (a > 0 && kept_rel(d(a - 1), c, P) < rel) {
       add(--a);
-    } else if (b < n && s[b] > gamma) {
+    } else if (b < n && d(b) > rel) {
       add(b++);
     } else {
       break;
     }
-    gamma = value();
+    rel = value();
   }
   *a_out = a;
   *b_out = b;
 }
 
-// Any p: the block value is the root of the decreasing function
-//   Phi(g) = sum_{i<k} min(F_i(g), 0) + sum_{i>=k} max(F_i(g), 0),
-// F_i the singleton block equation. Membership for a given g is read off by binary search:
-// i < k joins iff val_i < g  <=>  s_i < g + lam g^(p-1) (magnitude) or g + lam (mask);
-// i >= k joins iff s_i > g. Cost: O(block) per evaluation instead of O(block) per merge.
-// First i in [lo, hi) of the descending row s with s_i < t (or s_i <= t when or_equal).
-template <typename S>
-SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, bool or_equal) {
+// First i in [lo, hi) of the descending row with d(i) < t (or d(i) <= t when or_equal).
+template <typename D>
+SP_HD inline int64_t first_below_d(const D& d, int64_t lo, int64_t hi, double t, bool or_equal) {
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    const double v = s[mid];
+    const double v = d(mid);
     if (v < t || (or_equal && v == t)) {
       hi = mid;
     } else {
@@ -323,58 +424,113 @@ SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, b
   return lo;
 }
 
-// The key below which a kept singleton's value falls under g (it then joins a block of value g):
-// g + lam g^(p-1) for the magnitude, g + lam for the mask. Non-decreasing in g.
-SP_HD inline double kept_threshold(double g, const TopkParams& P) {
-  return P.magnitude ? g + P.lam * ::pow(std::max(g, 0.0), P.p - 1.0) : g + P.lam;
+template <typename S>
+SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, bool or_equal) {
+  return first_below_d([s](int64_t i) { return static_cast<double>(s[i]); }, lo, hi, t, or_equal);
 }
 
-template <typename S>
-SP_HD inline void find_block_general(const S* s, int64_t n, int64_t k, const TopkParams& P,
-                               int64_t* a_out, int64_t* b_out) {
-  auto membership = [&](double g, int64_t* a, int64_t* b) {
-    // s is descending: first i in [0, k) with s_i < th, and first i in [k, n) with s_i <= g.
-    *a = first_below(s, 0, k, kept_threshold(g, P), false);
-    *b = first_below(s, k, n, g, true);
+// Any p: the block's offset is the root of the decreasing selection count
+//   Phi(rel) = sum_i sel_i(rel) - k,  sel_i = clamp(psi(d_i - rel) / (1 or gamma), 0, 1),
+// the dual (threshold) view of PAV: every term lies in [0, 1], whatever p and lam. Membership
+// for a given rel is read off by binary search: i < k joins iff d_i < kept_threshold_rel(rel),
+// i >= k joins iff d_i > rel. Cost: O(block) per evaluation instead of O(block) per merge.
+template <typename D>
+SP_HD inline void find_block_general(const D& d, int64_t n, int64_t k, double c, const TopkParams& P,
+                                     int64_t* a_out, int64_t* b_out) {
+  auto membership = [&](double rel, int64_t* a, int64_t* b) {
+    *a = first_below_d(d, 0, k, kept_threshold_rel(rel, c, P), false);
+    *b = first_below_d(d, k, n, rel, true);
   };
-  auto phi = [&](double g, double* df) {
+  auto phi = [&](double rel, double* df) {
     int64_t a, b;
-    membership(g, &a, &b);
-    double f = 0.0, d = 0.0;
+    membership(rel, &a, &b);
+    const double g = P.magnitude ? c + rel : 1.0;
+    double f = 0.0, slope = 0.0;
     for (int64_t i = a; i < b; ++i) {
-      double value, slope;
-      psi_tilde(s[i] - g, P, &value, &slope);
-      f += value;
-      d += slope;
+      const double z = std::max(d(i) - rel, 0.0);
+      if (g <= 0) {  // gamma = 0 (the magnitude's lam -> infinity): every member fully selected
+        f += z > 0 ? 1.0 : 0.0;
+        continue;
+      }
+      const double sel = std::min(psi(z, P) / g, 1.0);
+      f += sel;
+      slope += P.magnitude ? (psi_deriv(z, P) + sel) / g : psi_deriv(z, P);
     }
-    const double W = static_cast<double>(k - a);
-    f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
-    *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
-    return f;
+    *df = -slope;
+    return f - static_cast<double>(k - a);
   };
-  const double lo = singleton_value(s[k - 1], true, P);
-  const double hi = s[k];
-  const double g = solve_decreasing(phi, lo, hi, 0.5 * (lo + hi));
-  membership(g, a_out, b_out);
+  const double lo = kept_rel(0.0, c, P);
+  const double hi = d(k);
+  const double rel = solve_decreasing(phi, lo, hi, NAN);
+  membership(rel, a_out, b_out);
   // The root sits where membership is about to change; keep the block non-degenerate around k.
   *a_out = std::min(*a_out, k - 1);
   *b_out = std::max(*b_out, k + 1);
 }
 
-// Solves one sorted row: the boundary block and its value (a == b == k when nothing pools).
+// Solves one sorted row given as differences from its junction key c (see above): the boundary
+// block and its offset (a == b == k when nothing pools). Exact ties at the junction always pool:
+// lam > 0 splits them, however small lam is against the keys.
+template <typename D>
+SP_HD inline BoundaryBlock solve_sorted_diffs(const D& d, int64_t n, int64_t k, double c, const TopkParams& P) {
+  BoundaryBlock blk{k, k, NAN, NAN};
+  if (k <= 0 || k >= n) return blk;
+  const double dk = d(k);
+  const bool tie = dk == 0.0 && (!P.magnitude || c > 0);
+  // Strict violation only: ties between singletons are not pooled.
+  if (!(kept_rel(0.0, c, P) < dk) && !tie) return blk;
+  if (P.kind == PKind::kGeneral) {
+    find_block_general(d, n, k, c, P, &blk.a, &blk.b);
+  } else {
+    grow_block_closed_form(d, n, k, c, P, &blk.a, &blk.b);
+  }
+  blk.rel = block_rel(d, blk.a, blk.b, k, c, P);
+  blk.gamma = c + blk.rel;
+  return blk;
+}
+
+// ---- Scale-free frames -------------------------------------------------------------------
+// The operators' invariances (DESIGN.md section 2): the mask of (x, lam) is the mask of
+// ((x - c) / lam, lam = 1), and the magnitude of (x, lam) is c times the magnitude of
+// (x / c, lam c^(p-2)). Solving in the frame of the row's junction key c keeps every quantity
+// near 1 whatever lam and the keys' scale (lam = 1e300, subnormal lam, keys near 1.8e308); the
+// frame's lam is kept as its logarithm, which float64 always holds.
+struct Frame {
+  double c;      // the junction key (the k-th largest)
+  double unit;   // differences from c are measured in units of lam (mask) or c (magnitude)
+  double cf;     // the junction key in the frame: 0 (mask, unused) or 1 (magnitude)
+  TopkParams P;  // the frame's parameters
+  SP_HD double diff(double key) const { return (key - c) / unit; }
+};
+
+// Below this frame lam (magnitude), a block member lies within 1e-280 of the junction key: only
+// exact ties pool, and they split the same way for every such lam; flooring it keeps
+// lam gamma^(p-1) a normal float64.
+constexpr double kLogFloorLam = -644.7238260383328;  // log(1e-280)
+
+SP_HD inline Frame make_frame(double c, const TopkParams& raw) {
+  if (!raw.magnitude) return {c, raw.lam, 0.0, TopkParams::make_log(0.0, raw.p, false, raw.debias)};
+  if (!(c > 0)) return {c, 1.0, c, raw};  // all keys from the junction down are 0: nothing pools
+  const double log_lam = std::max(raw.log_lam + (raw.p - 2.0) * ::log(c), kLogFloorLam);
+  return {c, c, 1.0, TopkParams::make_log(log_lam, raw.p, true, raw.debias)};
+}
+
+// Output of a pooled block member (input xj, key s) of a row solved in frame F with offset rel.
+template <typename scalar_t>
+SP_HD inline scalar_t framed_block_output(scalar_t xj, double s, double rel, const Frame& F) {
+  const double z = F.diff(s) - rel;
+  if (!F.P.magnitude) return static_cast<scalar_t>(std::min(std::max(psi(z, F.P), 0.0), 1.0));
+  double out = F.unit * std::max(psi(z, F.P) + (F.P.debias ? z : 0.0), 0.0);
+  if (static_cast<double>(xj) < 0) out = -out;
+  return static_cast<scalar_t>(out);
+}
+
+// Solves one sorted row of keys s (descending): the boundary block and its value.
 template <typename S>
 SP_HD inline BoundaryBlock solve_sorted_row(const S* s, int64_t n, int64_t k, const TopkParams& P) {
-  BoundaryBlock blk{k, k, NAN};
-  if (k <= 0 || k >= n) return blk;
-  // Strict violation only: ties between singletons are not pooled.
-  if (!(singleton_value(s[k - 1], true, P) < s[k])) return blk;
-  if (P.kind == PKind::kGeneral) {
-    find_block_general(s, n, k, P, &blk.a, &blk.b);
-  } else {
-    grow_block_closed_form(s, n, k, P, &blk.a, &blk.b);
-  }
-  blk.gamma = block_value(s, blk.a, blk.b, k, P);
-  return blk;
+  if (k <= 0 || k >= n) return BoundaryBlock{k, k, NAN, NAN};
+  const double c = s[k - 1];
+  return solve_sorted_diffs([s, c](int64_t i) { return static_cast<double>(s[i]) - c; }, n, k, c, P);
 }
 
 }  // namespace smoothprune

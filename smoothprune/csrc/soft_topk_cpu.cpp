@@ -8,7 +8,8 @@
 //   perm   [rows, n]  int32  original position of each sorted position;
 //   blocks [rows, 2]  int64  the pooled block [a, b) in sorted positions (a == b: none;
 //                            a == b == -1: the row held a NaN/Inf and its outputs are NaN);
-//   gamma  [rows]     f64    the pooled block's value.
+//   gamma  [rows]     f64    the pooled block's offset rel in the row's frame (pav.h, Frame):
+//                            the frame is rebuilt from the junction key x[perm[k-1]].
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/SmallVector.h>
@@ -109,7 +110,7 @@ class RowSolver {
       *gamma = kNaN;
       return;
     }
-    BoundaryBlock blk{k_, k_, 0.0};
+    BoundaryBlock blk{k_, k_, 0.0, 0.0};
     if (k_ == 0 || k_ == n_) {
       for (int64_t i = 0; i < n_; ++i) perm[i] = static_cast<int32_t>(i);
     } else if (full_sort_ || !solve_by_selection(perm, mn, mx, &blk)) {
@@ -117,7 +118,7 @@ class RowSolver {
     }
     blocks[0] = blk.a;
     blocks[1] = blk.b;
-    *gamma = blk.a < blk.b ? blk.gamma : 0.0;
+    *gamma = blk.a < blk.b ? blk.rel : 0.0;
     write_outputs(x, y, perm, blk);
   }
 
@@ -290,7 +291,10 @@ class RowSolver {
     const Key tk = st.tk, tk1 = st.tk1;
     const double lo = singleton_value(static_cast<double>(tk), true, P_);
     const double hi = kept_inverse(static_cast<double>(tk1));
-    if (lo < static_cast<double>(tk1) && !(static_cast<double>(st.above) >= hi && static_cast<double>(st.below) <= lo)) {
+    // Exact ties at the junction pool whatever lam (see solve_sorted_diffs), also where lam is
+    // below the keys' rounding.
+    const bool pools = lo < static_cast<double>(tk1) || (tk == tk1 && (!P_.magnitude || tk > 0));
+    if (pools && !(static_cast<double>(st.above) >= hi && static_cast<double>(st.below) <= lo)) {
       // The settled keys may reach into the window (only on rows whose buckets are a few
       // roundings wide): settle again, by the exact bounds.
       st = nothing_settled(cand, tk, tk1);
@@ -298,7 +302,7 @@ class RowSolver {
     int64_t front = st.front, back = st.back;
     const int64_t nc = st.nc;
     const Key above = st.above, below = st.below;
-    if (!(lo < static_cast<double>(tk1))) {
+    if (!pools) {
       // Nothing pools: the hard top-k, ties at t_k taken in index order (as a stable sort does).
       // Keys settled above are > t_k, keys settled below < t_{k+1} <= t_k (proven above).
       int64_t need = k_ - front;
@@ -337,13 +341,14 @@ class RowSolver {
       perm[n_above + i] = j;
       s_[i] = static_cast<double>(key_[j]);
     }
-    const BoundaryBlock local = solve_sorted_row(s_.data(), m, k_local, P_);
+    const Frame F = make_frame(s_[k_local - 1], P_);
+    const BoundaryBlock local = solve_framed(m, k_local, F);
     // A block reaching a window edge is final iff PAV would not pool across that edge: the
     // nearest kept singleton above keeps a value >= gamma, the nearest pruned one below a key
     // <= gamma (true by the window's construction). Demand a margin far above rounding (1e-9
     // of the row's scale): within it, the full sort settles the tie exactly as a whole-row PAV
     // does, so the selection never changes a result by even one bit.
-    const double g = local.a < local.b ? local.gamma : NAN;
+    const double g = local.a < local.b ? F.c + F.unit * local.rel : NAN;
     const double margin = 1e-9 * std::max(std::abs(static_cast<double>(mn)), std::abs(static_cast<double>(mx)));
     if (local.a == 0 && n_above > 0) {
       if (settled_above > 0) {
@@ -369,7 +374,7 @@ class RowSolver {
       }
       if (!(below_max <= g - margin)) return false;
     }
-    *blk = {n_above + local.a, n_above + local.b, local.gamma};
+    *blk = {n_above + local.a, n_above + local.b, g, local.rel};
     return true;
   }
 
@@ -382,7 +387,15 @@ class RowSolver {
       perm[i] = ws_.idx[i];
       s_[i] = static_cast<double>(key_[ws_.idx[i]]);
     }
-    *blk = solve_sorted_row(s_.data(), n_, k_, P_);
+    *blk = k_ > 0 && k_ < n_ ? solve_framed(n_, k_, make_frame(s_[k_ - 1], P_)) : BoundaryBlock{k_, k_, 0.0, 0.0};
+  }
+
+  // Solves the sorted keys s_[0, m) in frame F (their differences from the junction key replace
+  // them in s_).
+  BoundaryBlock solve_framed(int64_t m, int64_t k, const Frame& F) {
+    double* s = s_.data();
+    for (int64_t i = 0; i < m; ++i) s[i] = F.diff(s[i]);
+    return solve_sorted_diffs([s](int64_t i) { return s[i]; }, m, k, F.cf, F.P);
   }
 
   void write_outputs(const scalar_t* x, scalar_t* y, const int32_t* perm, const BoundaryBlock& blk) {
@@ -394,9 +407,21 @@ class RowSolver {
         y[j] = kept_output(x[j], static_cast<double>(key_[j]), P_);
       }
     });
+    if (blk.a >= blk.b) return;
+    const Frame F = make_frame(static_cast<double>(key_[perm[k_ - 1]]), P_);
+    double total = 0.0;
     for (int64_t i = blk.a; i < blk.b; ++i) {  // pooled boundary block
       const int32_t j = perm[i];
-      y[j] = block_output(x[j], static_cast<double>(key_[j]), blk.gamma, P_);
+      y[j] = framed_block_output(x[j], static_cast<double>(key_[j]), blk.rel, F);
+      total += static_cast<double>(y[j]);
+    }
+    // For p > 2 the mask of the block's last member (the smallest key) is infinitely sensitive
+    // to the offset near 0: one ulp of rel can move it by more than rounding. It takes the
+    // remainder of the block's share k - a instead, so that the mask sums to k.
+    if (!P_.magnitude && F.P.q < 2.0) {
+      const int32_t last = perm[blk.b - 1];
+      const double rest = total - static_cast<double>(y[last]);
+      y[last] = static_cast<scalar_t>(std::clamp(static_cast<double>(k_ - blk.a) - rest, 0.0, 1.0));
     }
   }
 
@@ -457,8 +482,8 @@ void forward_rows(const scalar_t* x_all, scalar_t* y_all, int32_t* perm_all, int
 // The gradient of one row (see backward_rows); `chunks` threads share its O(n) passes.
 template <typename scalar_t>
 void backward_row(const scalar_t* g, const scalar_t* x, const int32_t* perm, int64_t a, int64_t b,
-                  double gamma, scalar_t* gx, int64_t n, int64_t k, const TopkParams& P, int64_t chunks) {
-  if (a < 0) {  // the forward saw a NaN/Inf in this row
+                  double rel, scalar_t* gx, int64_t n, int64_t k, const TopkParams& P, int64_t chunks) {
+  if (a < 0) {  // the forward saw a NaN/Inf in this row (or k, lam were invalid)
     for_each_chunk(n, chunks, [&](int64_t, int64_t i0, int64_t i1) { std::fill(gx + i0, gx + i1, static_cast<scalar_t>(kNaN)); });
     return;
   }
@@ -471,43 +496,46 @@ void backward_row(const scalar_t* g, const scalar_t* x, const int32_t* perm, int
     return (P.magnitude && static_cast<double>(x[j]) < 0) ? -1.0 : 1.0;
   };
   // Kept singletons: the mask is locally constant (zero gradient); the magnitude has
-  // dy/dx = c / (c + lam^(q-1)) raw, and exactly 1 de-biased (y = x there).
+  // dy/dx = e / (e + 1), e = psi'(z), raw, and exactly 1 de-biased (y = x there).
   if (P.magnitude) {
     for_each_chunk(a, chunks, [&](int64_t, int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int32_t j = perm[i];
         double sens = 1.0;
         if (!P.debias) {
-          double z = 0.0;
-          kept_value(sorted_value(i), P, &z);
-          const double c = psi_slope(z, P);
-          sens = c / (c + P.lam_q1);
+          const double e = psi_deriv(kept_shrink(sorted_value(i), P), P);
+          sens = e / (e + 1.0);
         }
         gx[j] = static_cast<scalar_t>(static_cast<double>(g[j]) * sens);
       }
     });
   }
   if (a >= b) return;
-  // Pooled block: grad_s_j = (c_j / lam_q1) (g_j - Gc / D) + beta (g_j - c_j G / D),
-  // D = sum (c_i + d_i), Gc = sum g_i c_i, G = sum g_i, d_i = lam_q1 w_i (magnitude only).
+  // Pooled block, in the row's frame (the forward's offset `rel`): with e_i = psi'(z_i),
+  //   grad_s_j = (e_j (g_j - Ge / E) + beta (g_j - e_j G / E)) / (lam for the mask, 1 else),
+  // E = sum (e_i + w_i [magnitude]), Ge = sum g_i e_i, G = sum g_i (DESIGN section 2: the
+  // Jacobian with c_i = lam^(q-1) e_i, divided through by lam^(q-1)).
+  const Frame F = make_frame(sorted_value(k - 1), P);
   const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
-  double D = 0.0, Gc = 0.0, G = 0.0;
+  auto slope = [&](int64_t i) { return psi_deriv(std::max(F.diff(sorted_value(i)) - rel, 0.0), F.P); };
+  double E = 0.0, Ge = 0.0, G = 0.0;
   for (int64_t i = a; i < b; ++i) {
     const int32_t j = perm[i];
     const double gt = static_cast<double>(g[j]) * sign_of(j);
-    const double c = psi_slope(sorted_value(i) - gamma, P);
-    D += c + ((P.magnitude && i < k) ? P.lam_q1 : 0.0);
-    Gc += gt * c;
+    const double e = slope(i);
+    E += e + ((P.magnitude && i < k) ? 1.0 : 0.0);
+    Ge += gt * e;
     G += gt;
   }
-  if (!(D > 0)) return;  // unreachable for a block holding kept elements; stay finite
+  if (!(E > 0)) return;  // unreachable for a block holding kept elements; stay finite
+  const double scale = P.magnitude ? 1.0 : 1.0 / F.unit;
   for (int64_t i = a; i < b; ++i) {
     const int32_t j = perm[i];
     const double sg = sign_of(j);
     const double gt = static_cast<double>(g[j]) * sg;
-    const double c = psi_slope(sorted_value(i) - gamma, P);
-    const double grad_s = (c / P.lam_q1) * (gt - Gc / D) + beta * (gt - c * G / D);
-    gx[j] = static_cast<scalar_t>(sg * grad_s);
+    const double e = slope(i);
+    const double grad_s = e * (gt - Ge / E) + beta * (gt - e * G / E);
+    gx[j] = static_cast<scalar_t>(sg * grad_s * scale);
   }
 }
 
