@@ -189,3 +189,106 @@ def qp_bruteforce_p2(x, k, lam, magnitude=False, debias=True, tol=1e-12):
         return y
     raw = x * y / (1 + lam * y)
     return raw * (1 + lam) if debias else raw
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. arbitrary-precision threshold oracle (mpmath): any p > 1, any lam, any float64 keys
+# ------------------------------------------------------------------------------------------------
+def mp_threshold_oracle(x, k, lam, p, magnitude=False, debias=True, prec=2400, rel_tol=1e-40):
+    """The dual view of `threshold_oracle` in 2400-bit arithmetic: every float64 input, lam and
+    difference of keys is exact there, and no power over- or underflows, so it stays the
+    mathematical answer for lam from 1e-300 to 1e300 and keys near the float64 extremes.
+
+    gamma is found by bisection on "selection weights sum to k" within the bracket that must
+    hold it: (value of the k-th largest key's kept singleton, (k+1)-th largest key). Returns the
+    outputs as float64 and the function y(gamma) for conditioning bounds."""
+    import mpmath
+
+    with mpmath.workprec(prec):
+        xs = [mpmath.mpf(float(v)) for v in np.asarray(x, dtype=np.float64)]
+        lam_m, p_m = mpmath.mpf(float(lam)), mpmath.mpf(float(p))
+        q1 = p_m / (p_m - 1) - 1
+        s = [abs(v) for v in xs] if magnitude else xs
+        n = len(s)
+
+        def _midpoint(lo, hi):  # geometric across decades: bisection then takes O(log) steps
+            return mpmath.sqrt(lo * hi) if lo > 0 and hi > 4 * lo else (lo + hi) / 2
+
+        def psi(z):
+            return (z / lam_m) ** q1 if z > 0 else mpmath.mpf(0)
+
+        kept_cache = {}
+
+        def kept_value(t):
+            if t not in kept_cache:
+                kept_cache[t] = _kept_value(t)
+            return kept_cache[t]
+
+        def _kept_value(t):  # magnitude: v + lam v^(p-1) = t, by bisection
+            if t == 0:
+                return mpmath.mpf(0)
+            lo, hi = t * mpmath.mpf(2) ** (-2 * prec), t
+            for _ in range(4 * prec):  # to rel_tol of v and of the shrink t - v
+                mid = _midpoint(lo, hi)
+                if mid + lam_m * mid ** (p_m - 1) > t:
+                    hi = mid
+                else:
+                    lo = mid
+                if hi - lo <= rel_tol * min(t - hi, hi):
+                    break
+            return (lo + hi) / 2
+
+        def selection(g):
+            total = mpmath.mpf(0)
+            for t in s:
+                if t <= g:
+                    continue
+                w = psi(t - g) / (g if magnitude else 1)
+                total += min(w, mpmath.mpf(1))
+            return total
+
+        def outputs(g):
+            y = []
+            for v, t in zip(xs, s):
+                if magnitude:
+                    if t <= g or g <= 0 and t == 0:
+                        y.append(mpmath.mpf(0))
+                        continue
+                    kv = kept_value(t)
+                    if kv >= g:  # kept singleton
+                        out = t if debias else kv
+                    else:
+                        z = t - g
+                        out = psi(z) + (z if debias else 0)
+                    y.append(out if v >= 0 else -out)
+                else:
+                    y.append(min(max(psi(t - g), mpmath.mpf(0)), mpmath.mpf(1)) if t > g else mpmath.mpf(0))
+            return y
+
+        def unit(g):  # a member's z lies below lam (mask) or lam g^(p-1) and g (magnitude)
+            return min(lam_m * g ** (p_m - 1), g) if magnitude else lam_m
+
+        order = sorted(s, reverse=True)
+        if k == 0:
+            g = order[0] + 1
+        elif k == n:
+            g = mpmath.mpf(0) if magnitude else order[-1] - lam_m - 1
+        else:
+            sk, sk1 = order[k - 1], order[k]
+            lo = kept_value(sk) if magnitude else sk - lam_m
+            hi = sk1
+            if lo >= hi and not (sk == sk1 and (not magnitude or sk > 0)):
+                g = hi if lo == hi else (lo + hi) / 2  # nothing pools: any threshold between
+            else:
+                lo = min(lo, hi)
+                for _ in range(4 * prec):  # to rel_tol of the scales that matter: see `unit`
+                    mid = _midpoint(lo, hi)
+                    if selection(mid) > k:
+                        lo = mid
+                    else:
+                        hi = mid
+                    if hi - lo <= rel_tol * unit(hi):
+                        break
+                g = (lo + hi) / 2
+        y = [float(v) for v in outputs(g)]
+        return np.array(y), g, (lambda gg: [float(v) for v in outputs(gg)])

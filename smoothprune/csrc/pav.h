@@ -114,8 +114,9 @@ SP_HD inline double psi(double z, const TopkParams& P) {
   }
 }
 
-// psi'(z) for z >= 0. For p > 2 (q < 2) it is infinite at z = 0; z is floored at 1e-12 lam
-// there, far below any float32 resolution of y.
+// psi'(z) for z >= 0. For p > 2 (q < 2) it is infinite at z = 0; z is floored at
+// 1e-12 min(lam, 1) there (in a frame, below the members' z-scale, which is at most lam and at
+// most the key), far below any float32 resolution of y.
 SP_HD inline double psi_deriv(double z, const TopkParams& P) {
   switch (P.kind) {
     case PKind::kTwo:
@@ -126,7 +127,7 @@ SP_HD inline double psi_deriv(double z, const TopkParams& P) {
     }
     default: {
       double az = ::fabs(z);
-      const double floor = ::exp(P.log_lam - 27.631021115928547);  // 1e-12 lam
+      const double floor = ::exp(std::min(P.log_lam, 0.0) - 27.631021115928547);  // 1e-12 min(lam, 1)
       if (P.q < 2.0) az = std::max(az, floor);
       if (az == 0) return P.q > 2.0 ? 0.0 : ::exp(-P.log_lam);
       return (P.q - 1.0) * psi(az, P) / az;
@@ -256,10 +257,22 @@ SP_HD inline double kept_shrink(double s, const TopkParams& P) {
 }
 
 // Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.
+// Where lam shrinks s to a small v, v is solved for directly (s - z would cancel).
 SP_HD inline double kept_value(double s, const TopkParams& P, double* z_out) {
   const double z = kept_shrink(s, P);
   if (z_out) *z_out = z;
-  return s > 0 ? std::max(s - z, 0.0) : 0.0;
+  if (!(s > 0)) return 0.0;
+  if (P.kind == PKind::kTwo) return s / (1.0 + P.lam);
+  if (P.kind == PKind::kFourThirds) {
+    const double r = z / P.lam;
+    return std::min(r * r * r, s);  // (v <= s: no rounding may grow it)
+  }
+  if (z <= 0.5 * s) return s - z;
+  auto f = [&](double v, double* df) {  // psi(s - v) = v, decreasing in v
+    *df = -psi_deriv(s - v, P) - 1.0;
+    return psi(s - v, P) - v;
+  };
+  return solve_decreasing(f, 0.0, 0.5 * s, s - z);
 }
 
 // Singleton value val_i of sorted position i.
