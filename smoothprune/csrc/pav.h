@@ -135,22 +135,6 @@ SP_HD inline double psi_deriv(double z, const TopkParams& P) {
   }
 }
 
-// Slope c = (q-1)|z|^(q-2) of psi~ at z (DESIGN section 2, Jacobian). For p > 2 (q < 2) the
-// slope is infinite at z = 0; |z| is floored at 1e-12 lam, far below any float32 resolution of y.
-SP_HD inline double psi_slope(double z, const TopkParams& P) {
-  switch (P.kind) {
-    case PKind::kTwo:
-      return 1.0;
-    case PKind::kFourThirds:
-      return 3.0 * z * z;
-    default: {
-      double az = ::fabs(z);
-      if (P.q < 2.0) az = std::max(az, 1e-12 * P.lam);
-      return (P.q - 1.0) * ::pow(az, P.q - 2.0);
-    }
-  }
-}
-
 // psi~(z) = sign(z)|z|^(q-1), the summand of a block equation, and its slope in z.
 SP_HD inline void psi_tilde(double z, const TopkParams& P, double* value, double* slope) {
   if (P.kind == PKind::kTwo) {
@@ -291,15 +275,49 @@ SP_HD inline scalar_t kept_output(scalar_t xj, double s, const TopkParams& P) {
   return static_cast<scalar_t>(static_cast<double>(xj) < 0 ? -v : v);
 }
 
-// Output of a member (input xj, key s) of the pooled block of value gamma. Exact outputs are
-// >= 0 in key space (the mask lies in [0, 1], the magnitude keeps sign(x)); a member whose key
-// rounds below gamma would give a tiny negative: clamp it to 0.
+// ---- Scale-free frames -------------------------------------------------------------------
+// The operators' invariances (DESIGN.md section 2): the mask of (x, lam) is the mask of
+// ((x - c) / lam, lam = 1), and the magnitude of (x, lam) is c times the magnitude of
+// (x / c, lam c^(p-2)). Solving in the frame of the row's junction key c keeps every quantity
+// near 1 whatever lam and the keys' scale (lam = 1e300, subnormal lam, keys near 1.8e308); the
+// frame's lam is kept as its logarithm, which float64 always holds.
+struct Frame {
+  double c;      // the junction key (the k-th largest)
+  double unit;   // differences from c are measured in units of lam (mask) or c (magnitude)
+  double cf;     // the junction key in the frame: 0 (mask, unused) or 1 (magnitude)
+  TopkParams P;  // the frame's parameters
+  SP_HD double diff(double key) const { return (key - c) / unit; }
+};
+
+// Below this frame lam (magnitude), a block member lies within 1e-280 of the junction key: only
+// exact ties pool, and they split the same way for every such lam; flooring it keeps
+// lam gamma^(p-1) a normal float64.
+constexpr double kLogFloorLam = -644.7238260383328;  // log(1e-280)
+
+SP_HD inline Frame make_frame(double c, const TopkParams& raw) {
+  if (!raw.magnitude) return {c, raw.lam, 0.0, TopkParams::make_log(0.0, raw.p, false, raw.debias)};
+  if (!(c > 0)) return {c, 1.0, c, raw};  // all keys from the junction down are 0: nothing pools
+  const double log_lam = std::max(raw.log_lam + (raw.p - 2.0) * ::log(c), kLogFloorLam);
+  return {c, c, 1.0, TopkParams::make_log(log_lam, raw.p, true, raw.debias)};
+}
+
+// Output of a pooled block member (input xj, key s) of a row solved in frame F with offset rel.
+// Exact outputs lie in [0, 1] (mask) or keep sign(x) (magnitude); a member whose key rounds
+// across the threshold would leave that range by a rounding: clamp it back.
+template <typename scalar_t>
+SP_HD inline scalar_t framed_block_output(scalar_t xj, double s, double rel, const Frame& F) {
+  const double z = F.diff(s) - rel;
+  if (!F.P.magnitude) return static_cast<scalar_t>(std::min(std::max(psi(z, F.P), 0.0), 1.0));
+  double out = F.unit * std::max(psi(z, F.P) + (F.P.debias ? z : 0.0), 0.0);
+  if (static_cast<double>(xj) < 0) out = -out;
+  return static_cast<scalar_t>(out);
+}
+
+// Output of a member (input xj, key s) of the pooled block of value gamma, on raw keys (the
+// CUDA kernels): the identity frame.
 template <typename scalar_t>
 SP_HD inline scalar_t block_output(scalar_t xj, double s, double gamma, const TopkParams& P) {
-  const double z = s - gamma;
-  double out = std::max(psi(z, P) + ((P.magnitude && P.debias) ? z : 0.0), 0.0);
-  if (P.magnitude && out != 0.0 && static_cast<double>(xj) < 0) out = -out;
-  return static_cast<scalar_t>(out);
+  return framed_block_output(xj, s, gamma, Frame{0.0, 1.0, 0.0, P});
 }
 
 // ---- One sorted row ----------------------------------------------------------------------
@@ -345,22 +363,33 @@ SP_HD inline double block_equation(const D& d, int64_t a, int64_t b, int64_t k, 
   return f;
 }
 
-// Exact offset rel of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts).
+// Closed-form offset of a block of m members, W of them kept-side, from the sum S1 of their
+// differences (p = 2, exact) or also their central moments M2, M3 (p = 4/3, the real root of
+//   sum (e_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W gamma (magnitude)).
+SP_HD inline double closed_form_rel(double m, double W, double S1, double M2, double M3, double c,
+                                    const TopkParams& P) {
+  if (P.kind == PKind::kTwo) {
+    return P.magnitude ? (S1 - P.lam * W * c) / (m + P.lam * W) : (S1 - P.lam * W) / m;
+  }
+  const double mu = S1 / m;
+  const double l3W = P.lam_q1 * W;
+  const double u = P.magnitude ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
+                               : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
+  return mu + u;
+}
+
+// Exact offset rel of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts): the
+// closed form (two passes: mean, then moments), polished by Newton for p = 4/3; the root of
+// the block equation for any other p.
 template <typename D>
 SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, double c, const TopkParams& P) {
   const double m = static_cast<double>(b - a);
   const double W = static_cast<double>(std::min(b, k) - a);
   double S1 = 0.0;
   for (int64_t i = a; i < b; ++i) S1 += d(i);
-  if (P.kind == PKind::kTwo) {
-    return P.magnitude ? (S1 - P.lam * W * c) / (m + P.lam * W) : (S1 - P.lam * W) / m;
-  }
-  const double lo = P.magnitude ? -c : d(b - 1) - P.lam;
-  const double hi = d(a);
+  if (P.kind == PKind::kTwo) return closed_form_rel(m, W, S1, 0.0, 0.0, c, P);
   double start = NAN;
   if (P.kind == PKind::kFourThirds) {
-    // Closed form from central moments, then Newton polish:
-    // sum (e_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W (gamma) (magnitude).
     const double mu = S1 / m;
     double M2 = 0.0, M3 = 0.0;
     for (int64_t i = a; i < b; ++i) {
@@ -368,11 +397,10 @@ SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, doubl
       M2 += e * e;
       M3 += e * e * e;
     }
-    const double l3W = P.lam_q1 * W;
-    const double u = P.magnitude ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
-                                 : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
-    start = mu + u;
+    start = closed_form_rel(m, W, S1, M2, M3, c, P);
   }
+  const double lo = P.magnitude ? -c : d(b - 1) - P.lam;
+  const double hi = d(a);
   auto eq = [&](double rel, double* df) { return block_equation(d, a, b, k, c, rel, P, df); };
   return solve_decreasing(eq, lo, hi, start);
 }
@@ -391,18 +419,11 @@ SP_HD inline void grow_block_closed_form(const D& d, int64_t n, int64_t k, doubl
     S2 += e * e;
     S3 += e * e * e;
   };
-  auto value = [&]() {
-    if (P.kind == PKind::kTwo) {
-      return P.magnitude ? (S1 - P.lam * W * c) / (m + P.lam * W) : (S1 - P.lam * W) / m;
-    }
+  auto value = [&]() {  // central moments from the running sums
     const double mu = S1 / m;
     const double M2 = std::max(S2 - S1 * mu, 0.0);
     const double M3 = S3 - 3.0 * mu * S2 + 2.0 * mu * mu * S1;
-    const double l3W = P.lam_q1 * W;
-    const double u = P.magnitude
-                         ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
-                         : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
-    return mu + u;
+    return closed_form_rel(m, W, S1, M2, M3, c, P);
   };
   int64_t a = k - 1, b = k + 1;
   add(k - 1);
@@ -447,8 +468,9 @@ SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, b
 // the dual (threshold) view of PAV: every term lies in [0, 1], whatever p and lam. Membership
 // for a given rel is read off by binary search: i < k joins iff d_i < kept_threshold_rel(rel),
 // i >= k joins iff d_i > rel. Cost: O(block) per evaluation instead of O(block) per merge.
+// `lo`: the junction's kept offset kept_rel(0), the bracket's lower end.
 template <typename D>
-SP_HD inline void find_block_general(const D& d, int64_t n, int64_t k, double c, const TopkParams& P,
+SP_HD inline void find_block_general(const D& d, int64_t n, int64_t k, double c, double lo, const TopkParams& P,
                                      int64_t* a_out, int64_t* b_out) {
   auto membership = [&](double rel, int64_t* a, int64_t* b) {
     *a = first_below_d(d, 0, k, kept_threshold_rel(rel, c, P), false);
@@ -472,9 +494,7 @@ SP_HD inline void find_block_general(const D& d, int64_t n, int64_t k, double c,
     *df = -slope;
     return f - static_cast<double>(k - a);
   };
-  const double lo = kept_rel(0.0, c, P);
-  const double hi = d(k);
-  const double rel = solve_decreasing(phi, lo, hi, NAN);
+  const double rel = solve_decreasing(phi, lo, d(k), NAN);
   membership(rel, a_out, b_out);
   // The root sits where membership is about to change; keep the block non-degenerate around k.
   *a_out = std::min(*a_out, k - 1);
@@ -491,51 +511,16 @@ SP_HD inline BoundaryBlock solve_sorted_diffs(const D& d, int64_t n, int64_t k, 
   const double dk = d(k);
   const bool tie = dk == 0.0 && (!P.magnitude || c > 0);
   // Strict violation only: ties between singletons are not pooled.
-  if (!(kept_rel(0.0, c, P) < dk) && !tie) return blk;
+  const double kept_junction = kept_rel(0.0, c, P);
+  if (!(kept_junction < dk) && !tie) return blk;
   if (P.kind == PKind::kGeneral) {
-    find_block_general(d, n, k, c, P, &blk.a, &blk.b);
+    find_block_general(d, n, k, c, kept_junction, P, &blk.a, &blk.b);
   } else {
     grow_block_closed_form(d, n, k, c, P, &blk.a, &blk.b);
   }
   blk.rel = block_rel(d, blk.a, blk.b, k, c, P);
   blk.gamma = c + blk.rel;
   return blk;
-}
-
-// ---- Scale-free frames -------------------------------------------------------------------
-// The operators' invariances (DESIGN.md section 2): the mask of (x, lam) is the mask of
-// ((x - c) / lam, lam = 1), and the magnitude of (x, lam) is c times the magnitude of
-// (x / c, lam c^(p-2)). Solving in the frame of the row's junction key c keeps every quantity
-// near 1 whatever lam and the keys' scale (lam = 1e300, subnormal lam, keys near 1.8e308); the
-// frame's lam is kept as its logarithm, which float64 always holds.
-struct Frame {
-  double c;      // the junction key (the k-th largest)
-  double unit;   // differences from c are measured in units of lam (mask) or c (magnitude)
-  double cf;     // the junction key in the frame: 0 (mask, unused) or 1 (magnitude)
-  TopkParams P;  // the frame's parameters
-  SP_HD double diff(double key) const { return (key - c) / unit; }
-};
-
-// Below this frame lam (magnitude), a block member lies within 1e-280 of the junction key: only
-// exact ties pool, and they split the same way for every such lam; flooring it keeps
-// lam gamma^(p-1) a normal float64.
-constexpr double kLogFloorLam = -644.7238260383328;  // log(1e-280)
-
-SP_HD inline Frame make_frame(double c, const TopkParams& raw) {
-  if (!raw.magnitude) return {c, raw.lam, 0.0, TopkParams::make_log(0.0, raw.p, false, raw.debias)};
-  if (!(c > 0)) return {c, 1.0, c, raw};  // all keys from the junction down are 0: nothing pools
-  const double log_lam = std::max(raw.log_lam + (raw.p - 2.0) * ::log(c), kLogFloorLam);
-  return {c, c, 1.0, TopkParams::make_log(log_lam, raw.p, true, raw.debias)};
-}
-
-// Output of a pooled block member (input xj, key s) of a row solved in frame F with offset rel.
-template <typename scalar_t>
-SP_HD inline scalar_t framed_block_output(scalar_t xj, double s, double rel, const Frame& F) {
-  const double z = F.diff(s) - rel;
-  if (!F.P.magnitude) return static_cast<scalar_t>(std::min(std::max(psi(z, F.P), 0.0), 1.0));
-  double out = F.unit * std::max(psi(z, F.P) + (F.P.debias ? z : 0.0), 0.0);
-  if (static_cast<double>(xj) < 0) out = -out;
-  return static_cast<scalar_t>(out);
 }
 
 // Solves one sorted row of keys s (descending): the boundary block and its value.

@@ -374,7 +374,7 @@ class RowSolver {
       }
       if (!(below_max <= g - margin)) return false;
     }
-    *blk = {n_above + local.a, n_above + local.b, g, local.rel};
+    *blk = {n_above + local.a, n_above + local.b, local.gamma, local.rel};
     return true;
   }
 
@@ -409,19 +409,17 @@ class RowSolver {
     });
     if (blk.a >= blk.b) return;
     const Frame F = make_frame(static_cast<double>(key_[perm[k_ - 1]]), P_);
-    double total = 0.0;
     for (int64_t i = blk.a; i < blk.b; ++i) {  // pooled boundary block
       const int32_t j = perm[i];
       y[j] = framed_block_output(x[j], static_cast<double>(key_[j]), blk.rel, F);
-      total += static_cast<double>(y[j]);
     }
     // For p > 2 the mask of the block's last member (the smallest key) is infinitely sensitive
     // to the offset near 0: one ulp of rel can move it by more than rounding. It takes the
     // remainder of the block's share k - a instead, so that the mask sums to k.
     if (!P_.magnitude && F.P.q < 2.0) {
-      const int32_t last = perm[blk.b - 1];
-      const double rest = total - static_cast<double>(y[last]);
-      y[last] = static_cast<scalar_t>(std::clamp(static_cast<double>(k_ - blk.a) - rest, 0.0, 1.0));
+      double rest = 0.0;
+      for (int64_t i = blk.a; i + 1 < blk.b; ++i) rest += static_cast<double>(y[perm[i]]);
+      y[perm[blk.b - 1]] = static_cast<scalar_t>(std::clamp(static_cast<double>(k_ - blk.a) - rest, 0.0, 1.0));
     }
   }
 

@@ -108,10 +108,11 @@ __global__ void solve_rows_kernel(const key_t* __restrict__ sorted, int64_t rows
 // ---- Step 2 for long rows: one CUDA block per row -------------------------------------------
 // Growing the pooled block one element at a time costs its size in sequential steps, which is
 // thousands on rows of millions. Here a CUDA block finds it cooperatively: the block value is the
-// root of the decreasing function Phi(g) of pav.h's find_block_general (membership read off g by
-// binary search, the sum over the members reduced by all threads), found by pav.h's safeguarded
-// Newton/bisection (every thread runs it; the reduced values, hence its steps, are identical in
-// all threads); then the block's exact value is solved over the final membership.
+// root of the decreasing function Phi(g) = (sum of psi~(s_i - g) over the members of g) minus
+// the w-terms, a raw-key form of pav.h's find_block_general (membership read off g by binary
+// search, the sum over the members reduced by all threads), found by pav.h's bracketed root
+// search (every thread runs it; the reduced values, hence its steps, are identical in all
+// threads); then the block's exact value is solved over the final membership.
 
 // Sum of a pair over all threads of the block; every thread gets the totals.
 __device__ inline void block_sum2(double* v0, double* v1) {
@@ -205,18 +206,19 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
   double g;
   double smax = s[a], smin = s[b - 1];  // sorted descending
   const double m = static_cast<double>(b - a), W = static_cast<double>(k - a);
+  // pav.h's closed forms on the raw keys (the frame of junction key 0)
   if (P.kind == PKind::kTwo) {
     double sum = 0.0, unused = 0.0;
     for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) sum += s[i];
     block_sum2(&sum, &unused);
-    g = P.magnitude ? sum / (m + P.lam * W) : (sum - P.lam * W) / m;
+    g = closed_form_rel(m, W, sum, 0.0, 0.0, 0.0, P);
   } else {
     double start = 0.5 * ((P.magnitude ? 0.0 : smin - P.lam) + smax);
     if (P.kind == PKind::kFourThirds) {  // closed form from central moments, then Newton polish
-      double mu = 0.0, unused = 0.0;
-      for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) mu += s[i];
-      block_sum2(&mu, &unused);
-      mu /= m;
+      double sum = 0.0, unused = 0.0;
+      for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) sum += s[i];
+      block_sum2(&sum, &unused);
+      const double mu = sum / m;
       double M2 = 0.0, M3 = 0.0;
       for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
         const double d = static_cast<double>(s[i]) - mu;
@@ -224,10 +226,7 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
         M3 += d * d * d;
       }
       block_sum2(&M2, &M3);
-      const double l3W = P.lam_q1 * W;
-      const double u = P.magnitude ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * mu - M3) / m)
-                                   : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
-      start = mu + u;
+      start = closed_form_rel(m, W, sum, M2, M3, 0.0, P);
     }
     auto fixed = [&](double gg, double* df) { return block_equation(a, b, gg, df); };
     g = solve_decreasing(fixed, P.magnitude ? 0.0 : smin - P.lam, smax, start);
@@ -269,8 +268,9 @@ __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t
   }
 }
 
-// Backward step 1: one CUDA block per row reduces D = sum (c_i + d_i), Gc = sum g~_i c_i and
-// G = sum g~_i over the row's pooled block (see backward_rows in soft_topk_cpu.cpp).
+// Backward step 1: one CUDA block per row reduces E = sum (e_i + w_i [magnitude]),
+// Ge = sum g~_i e_i and G = sum g~_i over the row's pooled block, e_i = psi'(z_i) (see
+// backward_row in soft_topk_cpu.cpp).
 template <typename scalar_t>
 __global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                                   const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
@@ -281,22 +281,22 @@ __global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t
   TopkParams P;
   const bool valid = read_args(A, n, &k, &P);
   const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
-  double D = 0.0, Gc = 0.0, G = 0.0;
+  double E = 0.0, Ge = 0.0, G = 0.0;
   if (valid && a >= 0) {
     for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
       const int64_t j = r * n + perm[r * n + i];
       const double xv = static_cast<double>(x[j]);
       const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;
       const double gt = static_cast<double>(g[j]) * sg;
-      const double c = psi_slope((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
-      D += c + ((P.magnitude && i < k) ? P.lam_q1 : 0.0);
-      Gc += gt * c;
+      const double e = psi_deriv(std::max((P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), P);
+      E += e + ((P.magnitude && i < k) ? 1.0 : 0.0);
+      Ge += gt * e;
       G += gt;
     }
   }
   __shared__ double shared[3][kThreads];
-  shared[0][threadIdx.x] = D;
-  shared[1][threadIdx.x] = Gc;
+  shared[0][threadIdx.x] = E;
+  shared[1][threadIdx.x] = Ge;
   shared[2][threadIdx.x] = G;
   __syncthreads();
   for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
@@ -335,24 +335,22 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
     const double gv = static_cast<double>(g[j]);
     double out = 0.0;
     if (i < a) {
-      // Kept singletons: the mask is locally constant; the magnitude passes c / (c + lam_q1)
-      // raw, and exactly 1 de-biased (y = x there).
+      // Kept singletons: the mask is locally constant; the magnitude passes e / (e + 1),
+      // e = psi'(z), raw, and exactly 1 de-biased (y = x there).
       if (P.magnitude) {
         double sens = 1.0;
         if (!P.debias) {
-          double z = 0.0;
-          kept_value(::fabs(xv), P, &z);
-          const double c = psi_slope(z, P);
-          sens = c / (c + P.lam_q1);
+          const double e = psi_deriv(kept_shrink(::fabs(xv), P), P);
+          sens = e / (e + 1.0);
         }
         out = gv * sens;
       }
     } else if (i < b) {
-      const double D = sums[3 * r], Gc = sums[3 * r + 1], G = sums[3 * r + 2];
-      if (D > 0) {  // D > 0 whenever the block holds a kept element; stay finite otherwise
+      const double E = sums[3 * r], Ge = sums[3 * r + 1], G = sums[3 * r + 2];
+      if (E > 0) {  // E > 0 whenever the block holds a kept element; stay finite otherwise
         const double gt = gv * sg;
-        const double c = psi_slope((P.magnitude ? ::fabs(xv) : xv) - gamma[r], P);
-        out = sg * ((c / P.lam_q1) * (gt - Gc / D) + beta * (gt - c * G / D));
+        const double e = psi_deriv(std::max((P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), P);
+        out = sg * (e * (gt - Ge / E) + beta * (gt - e * G / E));
       }
     }
     gx[j] = static_cast<scalar_t>(out);
