@@ -34,14 +34,27 @@ def check_dim(fn: str, x: torch.Tensor, dim) -> int:
     return dim % x.dim()
 
 
+def _host_value(t: torch.Tensor):
+    """The value of a CPU scalar tensor (reading it costs no device sync), or None: a device
+    tensor, a meta tensor, or a tensor under torch.compile (its value is checked where it is
+    used: the CPU kernels raise, device kernels give NaN)."""
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return t.item()
+
+
 def check_k(fn: str, k, n: int, dim: int):
-    """Python ints are checked here; tensor values are checked by the kernel (no host sync)."""
+    """Python ints and CPU tensors are checked here; device tensors where they are used (no
+    host sync: an invalid value gives NaN there)."""
     if isinstance(k, torch.Tensor):
         if k.numel() != 1 or k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
             raise ValueError(
                 f"{fn}: expected k to be an int or an integer scalar tensor, got a {k.dtype} tensor "
                 f"of shape {tuple(k.shape)}"
             )
+        value = _host_value(k)
+        if value is not None and not 0 <= value <= n:
+            raise ValueError(f"{fn}: expected 0 <= k <= {n} along dim {dim}, got k={value}")
         return k if k.dim() == 0 else k.reshape(())
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise ValueError(f"{fn}: expected k to be an int or an integer scalar tensor, got {k!r}")
@@ -57,6 +70,9 @@ def check_lam(fn: str, lam):
                 f"{fn}: expected lam to be a float or a floating scalar tensor, got a {lam.dtype} "
                 f"tensor of shape {tuple(lam.shape)}"
             )
+        value = _host_value(lam)
+        if value is not None and not (value > 0 and value != float("inf")):
+            raise ValueError(f"{fn}: expected lam > 0 and finite, got lam={value}")
         return lam if lam.dim() == 0 else lam.reshape(())
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise ValueError(f"{fn}: expected lam to be a float or a floating scalar tensor, got {lam!r}")

@@ -38,6 +38,7 @@ import functools
 from typing import NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from smoothprune.ops._scalars import as_scalar_tensor
 
@@ -103,8 +104,10 @@ def _pairs_of(s, w, lam, offset: int) -> _Pairs | None:
     m = (s.shape[-1] - offset) // 2
     if m == 0:
         return None
-    s_a, s_b = (t.contiguous() for t in _pairs(s, offset, m))
-    w_a, w_b = (t.contiguous() for t in _pairs(w, offset, m))
+    # copies, never views: on a short row a contiguous() slice would alias the input, which
+    # torch.compile's while_loop refuses
+    s_a, s_b = (t.clone(memory_format=torch.contiguous_format) for t in _pairs(s, offset, m))
+    w_a, w_b = (t.clone(memory_format=torch.contiguous_format) for t in _pairs(w, offset, m))
     return _Pairs(s_a, s_b, w_a, w_b, (s_a - s_b) / (2.0 * lam), 0.5 * (s_a + s_b), w_b == 0)
 
 
@@ -151,6 +154,8 @@ def _half_pass(mu, pairs: _Pairs | None, lam, q: int, magnitude: bool, offset: i
 def dual_ascent(s, w, lam, q: int, magnitude: bool, num_iter: int) -> torch.Tensor:
     """``num_iter`` sweeps (even pairs, then odd pairs); returns the padded multipliers."""
     mu = s.new_zeros((*s.shape[:-1], s.shape[-1] + 1))
+    if s.shape[-1] < 2:  # no constraint to enforce (and a loop body returning its input)
+        return mu
     if s.device.type == "xla":
         return _xla_loop(mu, s, w, lam, q, magnitude, num_iter)
     if torch.compiler.is_compiling():
@@ -214,6 +219,15 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _valid_rows(x, k, lam) -> torch.Tensor:
+    """[..., 1]: the row is finite and k, lam are valid (what the exact solver promises: NaN in
+    every position of a row holding a NaN or Inf, and of every row when a device k or lam is
+    invalid; host values were checked by the wrappers)."""
+    n = x.shape[-1]
+    ok = (k >= 0) & (k <= n) & (lam > 0) & torch.isfinite(lam)
+    return torch.isfinite(x).all(-1, keepdim=True) & ok
+
+
 class _DykstraSoftTopk(torch.autograd.Function):
     @staticmethod
     def forward(x, k, lam, q, magnitude, debias, num_iter):
@@ -234,6 +248,7 @@ class _DykstraSoftTopk(torch.autograd.Function):
         y = torch.zeros_like(y_sorted).scatter(-1, perm, y_sorted)
         if magnitude:
             y = torch.where(xc < 0, -y, y)
+        y = torch.where(_valid_rows(xc, k, lam), y, torch.nan)
         return y.to(x.dtype), s, perm, z
 
     @staticmethod
@@ -245,12 +260,15 @@ class _DykstraSoftTopk(torch.autograd.Function):
         ctx.q, ctx.magnitude, ctx.debias = q, magnitude, debias
 
     @staticmethod
+    @once_differentiable  # second derivatives are not implemented: raise instead of ignoring them
     def backward(ctx, grad_y, *_):
         x, s, perm, z_final, k, lam = ctx.saved_tensors
         q, magnitude = ctx.q, ctx.magnitude
         ct = s.dtype
         lam = lam.to(ct)
         n = s.shape[-1]
+        if n == 0:
+            return torch.zeros_like(x), None, None, None, None, None, None
         kept = torch.arange(n, device=s.device) < k
         w = kept.to(ct).expand_as(s)
         sign = torch.where(x.to(ct) < 0, -1.0, 1.0) if magnitude else None
@@ -282,6 +300,7 @@ class _DykstraSoftTopk(torch.autograd.Function):
         grad = torch.zeros_like(grad_sorted).scatter(-1, perm, grad_sorted)
         if magnitude:
             grad = grad * sign
+        grad = torch.where(_valid_rows(x.to(ct), k, lam), grad, torch.nan)
         return grad.to(x.dtype), None, None, None, None, None, None
 
 

@@ -15,9 +15,14 @@ def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torc
         # A tensor k keeps one graph for every value: compare ranks with k instead of topk(k).
         key_last = key.movedim(d, -1)
         order = key_last.argsort(dim=-1, descending=True, stable=True)
-        positions = torch.arange(key_last.shape[-1], device=x.device).expand_as(order)
+        n = key_last.shape[-1]
+        positions = torch.arange(n, device=x.device).expand_as(order)
         ranks = torch.empty_like(order).scatter_(-1, order, positions)
-        return (ranks < k.to(x.device)).to(x.dtype).movedim(-1, d)
+        k_dev = k.to(x.device)
+        mask = (ranks < k_dev).to(x.dtype)
+        # a device k outside [0, n] (host values raised above) gives NaN, as the smooth ops do
+        mask = torch.where((k_dev >= 0) & (k_dev <= n), mask, torch.nan)
+        return mask.movedim(-1, d)
     idx = key.topk(k, dim=d).indices
     return torch.zeros_like(x).scatter(d, idx, 1.0)
 
@@ -67,6 +72,7 @@ def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
         tensor([-5., 0., 3., 0.])
     """
     if isinstance(x, torch.Tensor):
-        keep = _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim) != 0
-        return torch.where(keep, x, x.new_zeros(()))  # +0.0 on pruned entries (x * 0 gives -0.0)
+        mask = _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim)
+        y = torch.where(mask != 0, x, x.new_zeros(()))  # +0.0 on pruned entries (x * 0 gives -0.0)
+        return torch.where(mask.isnan(), mask, y) if isinstance(k, torch.Tensor) else y
     return _hard_mask("hard_topk_mag", x, x, k, dim)
