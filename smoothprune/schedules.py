@@ -56,7 +56,11 @@ class Schedule:
         return {"last_step": self.last_step}
 
     def load_state_dict(self, state: dict) -> None:
-        self.last_step = int(state["last_step"])
+        step = state.get("last_step") if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict with an int 'last_step' "
+                             f"(what state_dict() returns), got {state!r}")
+        self.last_step = step
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "last_step")
@@ -102,7 +106,8 @@ class _Ramp(Schedule):
         return t
 
     def at(self, step: int) -> float:
-        return self.start + (self.final - self.start) * self.shape(self.fraction(step))
+        t = self.shape(self.fraction(step))
+        return self.start * (1.0 - t) + self.final * t  # (final - start may overflow)
 
 
 class Linear(_Ramp):

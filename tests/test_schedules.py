@@ -67,9 +67,22 @@ def test_build_from_yaml_style_mappings():
         (lambda: schedules.Cubic(0, 1, -1, 10), "Cubic: expected begin to be a non-negative int, got -1"),
         (lambda: schedules.Exponential(0.0, 1e-3, 0, 10), "Exponential: expected start to be a finite float > 0, got 0.0"),
         (lambda: schedules.Constant(math.nan), "Constant: expected value to be a finite float, got nan"),
+        (lambda: schedules.Linear(0, 1, 0, 10).load_state_dict({}), "Linear.load_state_dict: expected a dict with an int 'last_step'"),
+        (lambda: schedules.Cubic(0, 1, 0, 10).load_state_dict({"last_step": "3"}), "Cubic.load_state_dict: expected a dict with an int 'last_step'"),
+        (lambda: schedules.Constant(1.0).load_state_dict(None), "Constant.load_state_dict: expected a dict with an int 'last_step'"),
     ],
 )
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert message in str(info.value)
+
+
+def test_ramps_between_the_extremes_of_float64_stay_finite():
+    """start * (1 - t) + final * t: final - start would overflow to inf."""
+    assert schedules.Linear(-1.7e308, 1.7e308, 0, 10).at(5) == 0.0
+    for ramp in (schedules.Linear(-1.7e308, 1.7e308, 0, 10), schedules.Cubic(-1.7e308, 1.7e308, 0, 10),
+                 schedules.Cosine(-1.7e308, 1.7e308, 0, 10)):
+        values = [ramp.at(step) for step in range(11)]
+        assert all(math.isfinite(v) for v in values) and values == sorted(values)
+        assert values[0] == -1.7e308 and values[-1] == 1.7e308

@@ -41,7 +41,7 @@ from smoothprune.export import save_sparse
 from smoothprune.lightning.integration import Gates, averaged_models, mirror_pruning_, unmirror_
 from smoothprune.nn.parametrizations import METHODS
 from smoothprune.nn.pruned import raw_tensors
-from smoothprune.ops._checks import check_algorithm
+from smoothprune.ops._checks import check_algorithm, check_bool
 from smoothprune.pruning import (
     harden_,
     parse_scope,
@@ -119,12 +119,6 @@ def _check_finetune(finetune, ramp):
                          f"start before the sparsity ramp {ramp!r} ends; pass finetune <= {1.0 - ramp[1]:g} (or None), "
                          f"or a ramp that ends by {1.0 - finetune:g}")
     return float(finetune)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"SmoothPruning: expected {name} to be a bool, got {value!r}")
-    return value
 
 
 def _check_names(name: str, value):
@@ -206,7 +200,7 @@ class SmoothPruningImpl:
             raise ValueError(f"SmoothPruning: expected interval in {INTERVALS}, got interval={interval!r}")
         if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
             raise ValueError(f"SmoothPruning: expected frequency to be an int >= 1, got frequency={frequency!r}")
-        _check_bool("make_pruning_permanent", make_pruning_permanent)
+        check_bool("SmoothPruning", "make_pruning_permanent", make_pruning_permanent)
         if export_path is not None and not isinstance(export_path, (str, os.PathLike)):
             raise ValueError(f"SmoothPruning: expected export_path to be a path or None, got {export_path!r}")
         if export_path is not None and os.path.isdir(export_path):
@@ -222,10 +216,10 @@ class SmoothPruningImpl:
         self.interval, self.frequency = interval, frequency
         self.make_pruning_permanent, self.export_path = make_pruning_permanent, export_path
         self.verbose, self.algorithm, self.num_iter = verbose, algorithm, num_iter
-        self.relative_lam = _check_bool("relative_lam", relative_lam)
-        self.best_at_target = _check_bool("best_at_target", best_at_target)
-        self.hold_early_stopping = _check_bool("hold_early_stopping", hold_early_stopping)
-        self.finish_at_target = _check_bool("finish_at_target", finish_at_target)
+        self.relative_lam = check_bool("SmoothPruning", "relative_lam", relative_lam)
+        self.best_at_target = check_bool("SmoothPruning", "best_at_target", best_at_target)
+        self.hold_early_stopping = check_bool("SmoothPruning", "hold_early_stopping", hold_early_stopping)
+        self.finish_at_target = check_bool("SmoothPruning", "finish_at_target", finish_at_target)
         if verbose:
             _enable_console_log()
         self._ramp_steps = None  # (begin, end) of the resolved ramp, once the trainer's length is known

@@ -34,6 +34,18 @@ def check_dim(fn: str, x: torch.Tensor, dim) -> int:
     return dim % x.dim()
 
 
+def _check_device(fn: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A tensor k or lam lives on the CPU or on x's device (a meta one has no value to read)."""
+    if t.device.type not in ("cpu", x.device.type):
+        raise ValueError(f"{fn}: expected {name} on the CPU or on x's device ({x.device}), got a tensor on {t.device}")
+
+
+def check_bool(fn: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{fn}: expected {name} to be a bool, got {value!r}")
+    return value
+
+
 def _host_value(t: torch.Tensor):
     """The value of a CPU scalar tensor (reading it costs no device sync), or None: a device
     tensor, a meta tensor, or a tensor under torch.compile (its value is checked where it is
@@ -43,7 +55,7 @@ def _host_value(t: torch.Tensor):
     return t.item()
 
 
-def check_k(fn: str, k, n: int, dim: int):
+def check_k(fn: str, k, n: int, dim: int, x: torch.Tensor):
     """Python ints and CPU tensors are checked here; device tensors where they are used (no
     host sync: an invalid value gives NaN there)."""
     if isinstance(k, torch.Tensor):
@@ -52,6 +64,7 @@ def check_k(fn: str, k, n: int, dim: int):
                 f"{fn}: expected k to be an int or an integer scalar tensor, got a {k.dtype} tensor "
                 f"of shape {tuple(k.shape)}"
             )
+        _check_device(fn, "k", k, x)
         value = _host_value(k)
         if value is not None and not 0 <= value <= n:
             raise ValueError(f"{fn}: expected 0 <= k <= {n} along dim {dim}, got k={value}")
@@ -63,13 +76,14 @@ def check_k(fn: str, k, n: int, dim: int):
     return int(k)
 
 
-def check_lam(fn: str, lam):
+def check_lam(fn: str, lam, x: torch.Tensor):
     if isinstance(lam, torch.Tensor):
         if lam.numel() != 1 or not lam.dtype.is_floating_point:
             raise ValueError(
                 f"{fn}: expected lam to be a float or a floating scalar tensor, got a {lam.dtype} "
                 f"tensor of shape {tuple(lam.shape)}"
             )
+        _check_device(fn, "lam", lam, x)
         value = _host_value(lam)
         if value is not None and not (value > 0 and value != float("inf")):
             raise ValueError(f"{fn}: expected lam > 0 and finite, got lam={value}")

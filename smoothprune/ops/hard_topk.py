@@ -10,7 +10,7 @@ from smoothprune.ops import _checks
 def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torch.Tensor:
     _checks.check_input(fn, x)
     d = _checks.check_dim(fn, x, dim)
-    k = _checks.check_k(fn, k, x.shape[d], dim)
+    k = _checks.check_k(fn, k, x.shape[d], dim, x)
     if isinstance(k, torch.Tensor):
         # A tensor k keeps one graph for every value: compare ranks with k instead of topk(k).
         key_last = key.movedim(d, -1)
@@ -71,6 +71,7 @@ def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
         >>> sp.hard_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2)
         tensor([-5., 0., 3., 0.])
     """
+    _checks.check_input("hard_topk_mag", x)
     if isinstance(x, torch.Tensor):
         mask = _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim)
         y = torch.where(mask != 0, x, x.new_zeros(()))  # +0.0 on pruned entries (x * 0 gives -0.0)

@@ -42,13 +42,15 @@ def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, 
     num_classes = logits.shape[-1]
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
         raise ValueError(f"{fn}: expected an int 1 <= k <= {num_classes} (the number of classes), got k={k!r}")
-    check_lam(fn, lam)
+    check_lam(fn, lam, logits)
     check_p(fn, p)
     if reduction not in REDUCTIONS:
         raise ValueError(f"{fn}: expected reduction in {REDUCTIONS}, got {reduction!r}")
     if fill not in FILLS:
         raise ValueError(f"{fn}: expected fill in {FILLS}, got {fill!r}")
     check_algorithm(fn, algorithm, p, num_iter, logits.device)
+    if target.device != logits.device:
+        raise ValueError(f"{fn}: expected target on the device of logits ({logits.device}), got {target.device}")
     if target.device.type == "cpu" and target.numel() and not torch.compiler.is_compiling():
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= num_classes:

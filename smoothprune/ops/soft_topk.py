@@ -58,8 +58,8 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     _checks.check_input(fn, x)
     d = _checks.check_dim(fn, x, dim)
     n = x.shape[d]
-    k = _checks.check_k(fn, k, n, dim)
-    lam = _checks.check_lam(fn, lam)
+    k = _checks.check_k(fn, k, n, dim, x)
+    lam = _checks.check_lam(fn, lam, x)
     p = _checks.check_p(fn, p)
     algorithm = _checks.check_algorithm(fn, algorithm, p, num_iter, x.device)
     last = d == x.dim() - 1
@@ -138,4 +138,5 @@ def soft_topk_mag(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=
         >>> sp.soft_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2, lam=1e-2)
         tensor([-5., 0., 3., 0.])
     """
-    return _soft_topk("soft_topk_mag", x, k, lam, p, dim, algorithm, num_iter, True, bool(debias))
+    debias = _checks.check_bool("soft_topk_mag", "debias", debias)
+    return _soft_topk("soft_topk_mag", x, k, lam, p, dim, algorithm, num_iter, True, debias)

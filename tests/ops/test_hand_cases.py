@@ -99,6 +99,15 @@ BAD_CALLS = [
     (lambda: sp.soft_topk_mask(torch.randn(5), 2, num_iter=0), "expected num_iter to be a positive int, got 0"),
     (lambda: sp.hard_topk_mag(torch.randn(5), 6), "hard_topk_mag: expected 0 <= k <= 5 along dim -1, got k=6"),
     (lambda: sp.hard_topk_mask(torch.arange(5), 2), "hard_topk_mask: expected x of dtype"),
+    (lambda: sp.hard_topk_mag(torch.tensor([True, False]), 1), "hard_topk_mag: expected x of dtype float16, bfloat16, float32 or float64, got torch.bool"),
+    (lambda: sp.soft_topk_mag(torch.randn(3), 1, debias="False"), "soft_topk_mag: expected debias to be a bool, got 'False'"),
+    (lambda: sp.soft_topk_mask(torch.randn(3), torch.tensor(1, device="meta")), "soft_topk_mask: expected k on the CPU or on x's device (cpu), got a tensor on meta"),
+    (lambda: sp.soft_topk_mag(torch.randn(3), 1, lam=torch.tensor(0.1, device="meta")), "soft_topk_mag: expected lam on the CPU or on x's device (cpu), got a tensor on meta"),
+    (lambda: sp.hard_topk_mask(torch.randn(3), torch.tensor(1, device="meta")), "hard_topk_mask: expected k on the CPU or on x's device (cpu), got a tensor on meta"),
+    (lambda: sp.soft_topk_loss(torch.randn(2, 5), torch.tensor([1, 2], device="meta"), 2), "soft_topk_loss: expected target on the device of logits (cpu), got meta"),
+    (lambda: sp.prune_(torch.nn.Linear(2, 2), 0.5, targets=["re:("]), "prune_: expected a valid regular expression in targets, got 're:('"),
+    (lambda: sp.prune_(torch.nn.Linear(2, 2), 0.5, exclude=["re:("]), "prune_: expected a valid regular expression in exclude, got 're:('"),
+    (lambda: sp.prune_({}, 0.5), "prune_: expected model to be an nn.Module, got dict"),
 ]
 
 
