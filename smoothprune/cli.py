@@ -34,9 +34,14 @@ def _export(args) -> int:
         print(f"smoothprune export: {args.checkpoint} holds no state_dict of tensors", file=sys.stderr)
         return 2
     state = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    pruning = _pruning_record(checkpoint, state, legacy_sparsity(state))
-    state = hardened_state_dict(state)
-    entries = save_sparse(state, args.output, metadata={"source": os.path.basename(args.checkpoint)}, pruning=pruning)
+    try:
+        pruning = _pruning_record(checkpoint, state, legacy_sparsity(state))
+        state = hardened_state_dict(state)
+        entries = save_sparse(state, args.output, metadata={"source": os.path.basename(args.checkpoint)},
+                              pruning=pruning)
+    except (ValueError, RuntimeError, OSError) as exc:  # corrupt pruning state, a bad destination
+        print(f"smoothprune export: {exc}", file=sys.stderr)
+        return 2
     dense = sum(torch.Size(e["shape"]).numel() * torch.empty((), dtype=getattr(torch, e["dtype"])).element_size()
                 for e in entries.values())
     size = os.path.getsize(args.output)

@@ -8,17 +8,26 @@ stored either
   tensor's dtype) plus either ``NAME::bitmask`` (uint8, one bit per entry, little-endian bit
   order within a byte) or ``NAME::indices`` (int32/int64 flat positions), whichever is smaller.
 
+A tensor that is the same view of the same storage as an earlier one (tied weights) is stored
+once: its entry is ``{"encoding": "alias", "alias_of": EARLIER, ...}`` and it loads as that very
+tensor, so the ties survive the round trip.
+
 The safetensors metadata holds ``smoothprune`` = JSON: ``{"format_version": 1, "tensors":
-{NAME: {"shape", "dtype", "encoding", "nnz", "sparsity", "sha256"}}}``; the sha256 of each
-stored piece detects corruption that the safetensors header cannot. Files are written to a
-temporary file next to the target and renamed into place, so a failure never leaves a partial
-file. Nothing is ever unpickled.
+{NAME: {"shape", "dtype", "encoding", "nnz", "sparsity", "sha256"}}, "tensors_sha256"}``; the
+sha256 of each stored piece detects corruption that the safetensors header cannot, and
+``tensors_sha256`` (of the canonical JSON of ``tensors``) a modified entry (a shape, an encoding).
+Every entry is also checked against its data (shape against sizes, indices strictly increasing
+and in range, bitmask population, dtype). Files are written to a temporary file next to the
+target and renamed into place, so a failure never leaves a partial file; the destination must be
+a regular file or a new one (a symlink is followed to its target; a FIFO, a device or a
+directory is refused, never replaced). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 
@@ -28,6 +37,7 @@ from smoothprune.checkpoint import hardened_state_dict
 
 FORMAT_VERSION = 1
 _SEP = "::"
+ENCODINGS = ("dense", "bitmask", "indices", "alias")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,7 +116,8 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
         The per-tensor metadata written (shape, dtype, encoding, nnz, sparsity).
 
     Raises:
-        ValueError: on something that is not a model or a state_dict of tensors.
+        ValueError: on something that is not a model or a state_dict of tensors, an empty
+            state_dict, or a destination that is not a regular file (or in a missing folder).
 
     Example:
         >>> import torch, smoothprune as sp, tempfile, os
@@ -120,10 +131,20 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
     from safetensors.torch import save_file
 
     state = _as_state_dict(model_or_state_dict)
-    tensors, entries, storages = {}, {}, set()
+    if not state:
+        raise ValueError("save_sparse: nothing to save: the state_dict holds no tensors")
+    path = _destination(path)
+    tensors, entries, storages, views = {}, {}, set(), {}
     for name, value in state.items():
         if _SEP in name:
             raise ValueError(f"save_sparse: expected tensor names without {_SEP!r}, got {name!r}")
+        view = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if value.numel() and view in views:  # the same tensor under a second name: stored once
+            first = views[view]
+            entries[name] = {k: entries[first][k] for k in ("shape", "dtype", "nnz", "sparsity")}
+            entries[name] |= {"encoding": "alias", "alias_of": first, "sha256": {}}
+            continue
+        views.setdefault(view, name)
         stored, entry = _encode(name, value)
         for key, t in stored.items():  # tied tensors share storage, which safetensors refuses
             if t.numel() and t.untyped_storage().data_ptr() in storages:
@@ -132,12 +153,11 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
         tensors |= stored
         entries[name] = entry
     header = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta = {"format_version": FORMAT_VERSION, "tensors": entries}
+    meta = {"format_version": FORMAT_VERSION, "tensors": entries, "tensors_sha256": _entries_digest(entries)}
     if pruning is not None:
         meta["pruning"] = pruning
     header["smoothprune"] = json.dumps(meta)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".smoothprune-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -150,6 +170,26 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
             os.unlink(tmp)
         raise
     return entries
+
+
+def _destination(path) -> str:
+    """The file to write: symlinks followed; a FIFO, a device, a directory or a missing folder
+    refused (os.replace would replace a special file with the new one)."""
+    import stat
+
+    real = os.path.realpath(os.fspath(path))
+    if os.path.lexists(real):
+        mode = os.stat(real).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
+            raise ValueError(f"save_sparse: expected path to be a regular file or a new file, got {kind}: {path}")
+    if not os.path.isdir(os.path.dirname(real)):
+        raise ValueError(f"save_sparse: the folder of {path} does not exist")
+    return real
+
+
+def _entries_digest(entries: dict) -> str:
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,7 +225,38 @@ def read_sparse_header(path) -> dict:
         raise _corrupt(path, f"malformed metadata ({exc})") from None
     if version != FORMAT_VERSION:
         raise _corrupt(path, f"format_version {version!r}, this smoothprune reads {FORMAT_VERSION}")
+    if not isinstance(entries, dict):
+        raise _corrupt(path, "malformed metadata ('tensors' is not a mapping)")
+    digest = meta.get("tensors_sha256")  # (absent from files of smoothprune <= 0.1)
+    if digest is not None and digest != _entries_digest(entries):
+        raise _corrupt(path, "the tensor entries of its metadata were modified (tensors_sha256 mismatch)")
+    for name, e in entries.items():
+        _check_entry(path, name, e, entries)
     return meta | {"tensors": entries}
+
+
+def _check_entry(path, name, e, entries) -> None:
+    """An entry's fields have the types and ranges save_sparse writes (its data is checked
+    against them on load)."""
+    if not isinstance(e, dict):
+        raise _corrupt(path, f"malformed entry for {name!r}")
+    shape, dtype, encoding, nnz = e.get("shape"), e.get("dtype"), e.get("encoding"), e.get("nnz")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise _corrupt(path, f"malformed shape {shape!r} for {name!r}")
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise _corrupt(path, f"unknown dtype {dtype!r} for {name!r}")
+    if encoding not in ENCODINGS:
+        raise _corrupt(path, f"unknown encoding {encoding!r} for {name!r}")
+    if not isinstance(nnz, int) or isinstance(nnz, bool) or not 0 <= nnz <= math.prod(shape):
+        raise _corrupt(path, f"nnz {nnz!r} out of range for {name!r} of shape {shape}")
+    if not isinstance(e.get("sparsity"), (int, float)) or not isinstance(e.get("sha256"), dict):
+        raise _corrupt(path, f"malformed entry for {name!r}")
+    if encoding == "alias":
+        first = entries.get(e.get("alias_of"))
+        if not isinstance(first, dict) or first.get("encoding") == "alias" or first.get("shape") != shape \
+                or first.get("dtype") != dtype:
+            raise _corrupt(path, f"{name!r} is an alias of {e.get('alias_of')!r}, which is not a stored tensor "
+                                 "of its shape and dtype")
 
 
 def load_sparse(path) -> dict[str, torch.Tensor]:
@@ -203,18 +274,19 @@ def load_sparse(path) -> dict[str, torch.Tensor]:
         with safe_open(os.fspath(path), framework="pt") as f:
             stored = set(f.keys())
             for name, e in entries.items():
-                out[name] = _decode(path, name, e, f, stored)
+                if e["encoding"] != "alias":
+                    out[name] = _decode(path, name, e, f, stored)
+            for name, e in entries.items():
+                if e["encoding"] == "alias":  # tied tensors come back as one tensor
+                    out[name] = out[e["alias_of"]]
     except SafetensorError as exc:
         raise _corrupt(path, f"unreadable tensor data ({exc})") from None
     return out
 
 
 def _decode(path, name, e, f, stored) -> torch.Tensor:
-    try:
-        shape, dtype, encoding = tuple(e["shape"]), getattr(torch, e["dtype"]), e["encoding"]
-        digests, nnz = e["sha256"], int(e["nnz"])
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise _corrupt(path, f"malformed entry for {name!r} ({exc})") from None
+    shape, dtype, encoding = tuple(e["shape"]), getattr(torch, e["dtype"]), e["encoding"]  # (checked)
+    digests, nnz = e["sha256"], e["nnz"]
     pieces = ["dense"] if encoding == "dense" else ["values", encoding]
     keys = {p: (name if p == "dense" else f"{name}{_SEP}{p}") for p in pieces}
     for p, key in keys.items():
@@ -242,6 +314,8 @@ def _decode(path, name, e, f, stored) -> torch.Tensor:
         idx = data["indices"].long()
         if idx.numel() != nnz or (nnz and (int(idx.min()) < 0 or int(idx.max()) >= numel)):
             raise _corrupt(path, f"{name!r} has indices out of range")
+        if nnz > 1 and not bool((idx[1:] > idx[:-1]).all()):  # save_sparse writes them ascending
+            raise _corrupt(path, f"{name!r} has indices that are not strictly increasing (duplicates)")
         dense = torch.zeros(numel, dtype=dtype)
         dense[idx] = values
     else:

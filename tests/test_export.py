@@ -192,3 +192,191 @@ def test_cli_export_and_inspect(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     run = _cli("inspect", str(tmp_path / "bad.safetensors"))
     assert run.returncode == 2 and "not a valid smoothprune sparse file" in run.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# hardening: tied tensors, destinations, metadata checks, the CLI on bad input, a file fuzz
+# ------------------------------------------------------------------------------------------------
+def _tied_model():
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(16, 8)
+    head = torch.nn.Linear(8, 16, bias=False)
+    head.weight = embed.weight
+    return torch.nn.ModuleDict({"embed": embed, "head": head})
+
+
+def test_tied_tensors_are_stored_once_and_come_back_tied(tmp_path):
+    model = _tied_model()
+    sp.prune_(model, 0.75)
+    sp.harden_(model)
+    entries = sp.save_sparse(model, tmp_path / "t.safetensors")
+    assert entries["head.weight"]["encoding"] == "alias" and entries["head.weight"]["alias_of"] == "embed.weight"
+    out = sp.load_sparse(tmp_path / "t.safetensors")
+    assert out["head.weight"] is out["embed.weight"]
+    assert torch.equal(out["embed.weight"], model.embed.weight)
+    fresh = _tied_model()
+    fresh.load_state_dict(out, strict=True)
+    assert fresh.head.weight is fresh.embed.weight and torch.equal(fresh.head.weight, model.head.weight)
+    # a partial overlap (two different views of one storage) is stored twice, and loads equal
+    base = torch.arange(12.0)
+    out = _round_trip(tmp_path, {"a": base[:8], "b": base[4:]})
+    assert torch.equal(out["a"], base[:8]) and torch.equal(out["b"], base[4:])
+
+
+def _round_trip(tmp_path, state):
+    sp.save_sparse(state, tmp_path / "r.safetensors")
+    return sp.load_sparse(tmp_path / "r.safetensors")
+
+
+def test_destinations_that_are_not_regular_files_are_refused_and_left_alone(tmp_path):
+    state = {"w": torch.randn(4)}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="save_sparse: expected path to be a regular file or a new file, got a FIFO"):
+        sp.save_sparse(state, fifo)
+    assert fifo.is_fifo()
+    with pytest.raises(ValueError, match="got a directory"):
+        sp.save_sparse(state, tmp_path)
+    with pytest.raises(ValueError, match="save_sparse: the folder of .* does not exist"):
+        sp.save_sparse(state, tmp_path / "missing" / "w.safetensors")
+    if os.path.exists("/dev/null") and os.geteuid() == 0:  # as root os.replace would replace the node
+        with pytest.raises(ValueError, match="got a special file"):
+            sp.save_sparse(state, "/dev/null")
+        assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    # a symlink is followed: its target is written, the link stays a link
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(tmp_path / "target.safetensors")
+    sp.save_sparse(state, link)
+    assert link.is_symlink() and torch.equal(sp.load_sparse(tmp_path / "target.safetensors")["w"], state["w"])
+    with pytest.raises(ValueError, match="save_sparse: nothing to save: the state_dict holds no tensors"):
+        sp.save_sparse({}, tmp_path / "empty.safetensors")
+    assert not (tmp_path / "empty.safetensors").exists()
+
+
+def _rewrite_metadata(path, edit):
+    """Rewrites the smoothprune JSON of a file's header with `edit(meta)` (tensor data untouched)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["smoothprune"])
+    edit(meta)
+    header["__metadata__"]["smoothprune"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((-len(raw)) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+def _with_digest(edit):
+    """The edit, then tensors_sha256 recomputed (so that only the entry checks can catch it)."""
+    def both(meta):
+        edit(meta)
+        meta["tensors_sha256"] = export._entries_digest(meta["tensors"])
+    return both
+
+
+CRAFTED = [
+    (lambda m: m["tensors"]["0.weight"].update(shape=[128, 8]), "tensors_sha256 mismatch"),
+    (_with_digest(lambda m: m["tensors"]["0.weight"].update(shape=[-1, 8])), "malformed shape"),
+    (_with_digest(lambda m: m["tensors"]["0.weight"].update(dtype="nn")), "unknown dtype 'nn'"),
+    (_with_digest(lambda m: m["tensors"]["0.weight"].update(encoding="rle")), "unknown encoding 'rle'"),
+    (_with_digest(lambda m: m["tensors"]["0.weight"].update(nnz=10**9)), "nnz 1000000000 out of range"),
+    (_with_digest(lambda m: m["tensors"]["0.weight"].update(sha256=None)), "malformed entry"),
+    (_with_digest(lambda m: m["tensors"]["0.bias"].update(encoding="alias", alias_of="nope")), "is an alias of 'nope'"),
+    (_with_digest(lambda m: m.update(tensors=[1])), "'tensors' is not a mapping"),
+]
+
+
+@pytest.mark.parametrize("edit,message", CRAFTED, ids=[m for _, m in CRAFTED])
+def test_crafted_metadata_is_refused_by_load_and_by_the_cli(tmp_path, edit, message):
+    path = _saved(tmp_path)
+    _rewrite_metadata(path, edit)
+    with pytest.raises(ValueError, match="is not a valid smoothprune sparse file"):
+        sp.load_sparse(path)
+    with pytest.raises(ValueError, match=message):
+        sp.load_sparse(path)
+    result = _cli("inspect", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and message.split(" (")[0] in result.stderr
+
+
+def test_duplicate_indices_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "i.safetensors"
+    w = torch.zeros(1000)
+    w[[3, 50, 700]] = torch.tensor([1.0, 2.0, 3.0])
+    assert sp.save_sparse({"w": w}, path)["w"]["encoding"] == "indices"
+    tensors = load_file(path)
+    tensors["w::indices"] = torch.tensor([3, 3, 700], dtype=torch.int32)
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        header = f.metadata()
+    meta = json.loads(header["smoothprune"])
+    meta["tensors"]["w"]["sha256"]["indices"] = export._sha256(tensors["w::indices"])
+    meta["tensors_sha256"] = export._entries_digest(meta["tensors"])
+    save_file(tensors, path, metadata={"smoothprune": json.dumps(meta)})
+    with pytest.raises(ValueError, match="not strictly increasing"):
+        sp.load_sparse(path)
+
+
+def test_cli_export_bad_input_gives_a_message_and_exit_code_2(tmp_path):
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, tmp_path / "notensors.ckpt")
+    torch.save({"state_dict": {"w": torch.randn(4)}}, tmp_path / "ok.ckpt")
+    # a smoothprune <= 0.1 tensor whose pruning buffers are corrupt (k beyond its group)
+    corrupt = {"l.parametrizations.weight.original": torch.randn(4, 4), "l.parametrizations.weight.0.k": torch.tensor(99),
+               "l.parametrizations.weight.0.group": torch.tensor(16), "l.parametrizations.weight.0.shared": torch.tensor(0),
+               "l.parametrizations.weight.0.sparsity": torch.tensor(0.5)}
+    torch.save({"state_dict": corrupt}, tmp_path / "corrupt.ckpt")
+    cases = [
+        (["export", str(tmp_path / "empty.ckpt"), "-o", str(tmp_path / "o.st")], "cannot read"),
+        (["export", str(tmp_path / "notensors.ckpt"), "-o", str(tmp_path / "o.st")], "holds no state_dict of tensors"),
+        (["export", str(tmp_path / "ok.ckpt"), "-o", str(tmp_path)], "got a directory"),
+        (["export", str(tmp_path / "ok.ckpt"), "-o", str(tmp_path / "nope" / "o.st")], "does not exist"),
+        (["export", str(tmp_path / "corrupt.ckpt"), "-o", str(tmp_path / "o.st")], "expected 0 <= k <= 16"),
+        (["inspect", str(tmp_path / "empty.ckpt")], "is not a valid smoothprune sparse file"),
+    ]
+    for args, message in cases:
+        result = _cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "o.st").exists()
+
+
+def test_file_fuzz_truncations_and_flips_never_load_other_values(tmp_path):
+    """Every truncation, byte flip and header digit change of a real file either loads exactly
+    the saved tensors or raises the clear ValueError, never anything else."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    expected = sp.load_sparse(path)
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    digits = [i for i in range(8, header_end) if chr(data[i]).isdigit()]
+    victim = tmp_path / "fuzz.safetensors"
+
+    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(
+        st.tuples(st.just("truncate"), st.integers(0, len(data) - 1), st.just(0)),
+        st.tuples(st.just("flip"), st.integers(0, len(data) - 1), st.integers(1, 255)),
+        st.tuples(st.just("digit"), st.sampled_from(digits), st.integers(1, 9)),
+    ))
+    def check(change):
+        kind, pos, value = change
+        mutated = bytearray(data)
+        if kind == "truncate":
+            mutated = mutated[:pos]
+        elif kind == "flip":
+            mutated[pos] ^= value
+        else:
+            mutated[pos] = ord(str((int(chr(mutated[pos])) + value) % 10))
+        victim.write_bytes(bytes(mutated))
+        try:
+            out = sp.load_sparse(victim)
+        except ValueError as exc:
+            assert "is not a valid smoothprune sparse file" in str(exc)
+            return
+        assert out.keys() == expected.keys() and all(torch.equal(out[k], expected[k]) for k in out)
+
+    check()
