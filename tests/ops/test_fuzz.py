@@ -112,3 +112,112 @@ def test_general_p_gradients_pass_gradcheck():
                 fn = (lambda t: sp.soft_topk_mag(t, 3, lam=lam, p=p, debias=debias)) if magnitude else (
                     lambda t: sp.soft_topk_mask(t, 3, lam=lam, p=p))
                 assert torch.autograd.gradcheck(fn, (x,), eps=1e-7 * lam, atol=1e-6, rtol=1e-5), (p, lam, magnitude)
+
+
+# ------------------------------------------------------------------------------------------------
+# every op and algorithm on random layouts: shapes, dims, strides, dtypes
+# ------------------------------------------------------------------------------------------------
+@st.composite
+def layouts(draw):
+    """A random tensor (1-3 dims, maybe non-contiguous: transposed or strided), a dim and a k."""
+    dims = draw(st.integers(1, 3))
+    shape = [draw(st.integers(1, 6)) for _ in range(dims)]
+    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16]))
+    seed = draw(st.integers(0, 2**16))
+    scale = 10.0 ** draw(st.integers(-3, 3))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+    if draw(st.booleans()):  # repeated values: ties
+        x = x.round(decimals=1)
+    x = x.to(dtype)
+    layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
+    if layout == "transposed" and dims > 1:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)  # same values, other strides
+    elif layout == "strided":
+        x = torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0]  # every other element
+    dim = draw(st.integers(-dims, dims - 1))
+    k = draw(st.integers(0, x.shape[dim]))
+    return x, dim, k
+
+
+def _row_by_row(fn, x, dim):
+    """fn applied to each 1-d slice along dim of a contiguous copy: the reference layout."""
+    moved = x.movedim(dim, -1).contiguous()
+    rows = moved.reshape(-1, moved.shape[-1])
+    out = torch.stack([fn(r) for r in rows]) if rows.shape[0] else rows.clone()
+    return out.reshape(moved.shape).movedim(-1, dim)
+
+
+@FUZZ
+@given(layouts(), st.sampled_from([2.0, 4 / 3, 3.0]), st.sampled_from([1e-2, 0.3, 5.0]))
+def test_pav_ops_are_layout_independent(layout, p, lam):
+    x, dim, k = layout
+    for fn in (lambda t: sp.soft_topk_mask(t, k, lam=lam, p=p, dim=-1),
+               lambda t: sp.soft_topk_mag(t, k, lam=lam, p=p, dim=-1)):
+        y = fn(x.movedim(dim, -1)).movedim(-1, dim)  # a non-contiguous view, batched
+        reference = _row_by_row(fn, x, dim)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        torch.testing.assert_close(y, reference, rtol=0, atol=0)
+    y = sp.soft_topk_mask(x, k, lam=lam, p=p, dim=dim).double()
+    assert torch.isfinite(y).all() and (y >= 0).all() and (y <= 1).all()
+    eps = torch.finfo(x.dtype).eps
+    torch.testing.assert_close(y.sum(dim), torch.full_like(y.sum(dim), float(k)), rtol=0,
+                               atol=4 * eps * x.shape[dim] + 1e-9)
+    torch.testing.assert_close(sp.soft_topk_mask(x, k, lam=lam, p=p, dim=dim),
+                               _row_by_row(lambda r: sp.soft_topk_mask(r, k, lam=lam, p=p), x, dim), rtol=0, atol=0)
+
+
+@FUZZ
+@given(layouts(), st.sampled_from([2.0, 4 / 3]), st.sampled_from([0.1, 1.0]), st.booleans())
+def test_dykstra_keeps_the_invariants_and_approaches_pav(layout, p, lam, magnitude):
+    x, dim, k = layout
+    op = sp.soft_topk_mag if magnitude else sp.soft_topk_mask
+    y = op(x, k, lam=lam, p=p, dim=dim, algorithm="dykstra", num_iter=200).double()
+    exact = op(x.double(), k, lam=lam, p=p, dim=dim).double()
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    if magnitude:
+        assert (y * x.double() >= 0).all()  # the sign of x is kept
+    else:
+        assert ((y >= 0) & (y <= 1)).all()
+    # 200 sweeps on rows of <= 6 entries: converged to the low-precision rounding of the inputs
+    tol = 1e-4 if x.dtype in (torch.float64, torch.float32) else 3e-2
+    scale = x.double().abs().amax() if magnitude and x.numel() else 1.0
+    torch.testing.assert_close(y, exact, rtol=0, atol=tol * float(max(scale, 1.0)))
+
+
+@FUZZ
+@given(layouts())
+def test_hard_ops_keep_exactly_k_per_slice(layout):
+    x, dim, k = layout
+    mask = sp.hard_topk_mask(x, k, dim=dim)
+    assert (mask.sum(dim) == k).all() and ((mask == 0) | (mask == 1)).all()
+    # every kept entry is at least every dropped one along the slice
+    kept_min = torch.where(mask.bool(), x, torch.full_like(x, float("inf"))).amin(dim)
+    dropped_max = torch.where(mask.bool(), torch.full_like(x, -float("inf")), x).amax(dim)
+    assert (kept_min >= dropped_max).all()
+    mag = sp.hard_topk_mag(x, k, dim=dim)
+    assert ((mag == 0) | (mag == x)).all() and ((mag != 0).sum(dim) <= k).all()
+    assert torch.equal(sp.hard_topk_mask(x, torch.tensor(k), dim=dim).sum(dim), mask.sum(dim))
+
+
+@FUZZ
+@given(st.integers(1, 5), st.integers(2, 8), st.integers(0, 2**16), st.sampled_from([2.0, 4 / 3]),
+       st.sampled_from([0.1, 1.0, 10.0]), st.sampled_from(["topk", "none"]))
+def test_topk_loss_is_finite_and_nonnegative_for_a_target_in_the_polytope(batch, classes, seed, p, lam, fill):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, classes, generator=gen, dtype=torch.float64) * 3
+    target = torch.randint(0, classes, (batch,), generator=gen)
+    k = int(torch.randint(1, classes + 1, (), generator=gen))
+    loss = sp.soft_topk_loss(logits, target, k, lam=lam, p=p, fill=fill, reduction="none")
+    assert loss.shape == (batch,) and torch.isfinite(loss).all()
+    if fill == "topk":  # the target lies in the polytope: a Fenchel-Young loss is >= 0
+        assert (loss >= -1e-9).all()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.floats(1.1, 10.0), st.floats(-2.0, 2.0), st.integers(0, 2**16), st.booleans())
+def test_gradcheck_over_p_and_lam(p, log_lam, seed, magnitude):
+    lam = 10.0 ** log_lam
+    x = (torch.randn(2, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * lam)
+    x.requires_grad_()
+    op = sp.soft_topk_mag if magnitude else sp.soft_topk_mask
+    assert torch.autograd.gradcheck(lambda t: op(t, 2, lam=lam, p=p), (x,), eps=1e-7 * lam, atol=1e-5, rtol=1e-4)
