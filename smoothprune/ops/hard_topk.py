@@ -8,6 +8,7 @@ from smoothprune.ops import _checks
 
 
 def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torch.Tensor:
+    """The 0/1 mask, NaN on slices holding a NaN or Inf (as the smooth operators)."""
     _checks.check_input(fn, x)
     d = _checks.check_dim(fn, x, dim)
     k = _checks.check_k(fn, k, x.shape[d], dim, x)
@@ -19,19 +20,18 @@ def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torc
         positions = torch.arange(n, device=x.device).expand_as(order)
         ranks = torch.empty_like(order).scatter_(-1, order, positions)
         k_dev = k.to(x.device)
-        mask = (ranks < k_dev).to(x.dtype)
         # a device k outside [0, n] (host values raised above) gives NaN, as the smooth ops do
-        mask = torch.where((k_dev >= 0) & (k_dev <= n), mask, torch.nan)
-        return mask.movedim(-1, d)
-    idx = key.topk(k, dim=d).indices
-    return torch.zeros_like(x).scatter(d, idx, 1.0)
+        mask = torch.where((k_dev >= 0) & (k_dev <= n), (ranks < k_dev).to(x.dtype), torch.nan).movedim(-1, d)
+    else:
+        mask = torch.zeros_like(x).scatter(d, key.topk(k, dim=d).indices, 1.0)
+    return torch.where(torch.isfinite(x).all(d, keepdim=True), mask, torch.nan)
 
 
 def hard_topk_mask(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
     """Hard top-k mask: 1 on the ``k`` largest entries of each slice along ``dim``, 0 elsewhere.
 
     Ties are broken by ``torch.topk`` (for a Python ``k``) or by position (for a tensor ``k``).
-    Its gradient is zero almost everywhere.
+    Its gradient is zero almost everywhere. A slice holding a NaN or Inf gives NaN.
 
     Args:
         x: floating tensor.
@@ -75,5 +75,5 @@ def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         mask = _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim)
         y = torch.where(mask != 0, x, x.new_zeros(()))  # +0.0 on pruned entries (x * 0 gives -0.0)
-        return torch.where(mask.isnan(), mask, y) if isinstance(k, torch.Tensor) else y
+        return torch.where(mask.isnan(), x * mask, y)  # (NaN, with NaN gradients, as the smooth ops)
     return _hard_mask("hard_topk_mag", x, x, k, dim)

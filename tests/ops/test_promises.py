@@ -48,6 +48,19 @@ def test_a_cpu_tensor_lam_that_is_not_positive_and_finite_raises(algorithm, lam)
         sp.soft_topk_mag(torch.rand(3), 1, lam=torch.tensor(lam), algorithm=algorithm)
 
 
+@pytest.mark.parametrize("op", [sp.hard_topk_mask, sp.hard_topk_mag], ids=["hard-mask", "hard-mag"])
+@pytest.mark.parametrize("k", [2, torch.tensor(2)], ids=["int-k", "tensor-k"])
+def test_hard_ops_give_nan_on_a_row_holding_nan_or_inf(op, k):
+    x = torch.tensor([[0.4, float("nan"), 0.0, 0.2], [0.3, -float("inf"), 0.1, 0.5], [0.3, -0.2, 0.1, 0.5]],
+                     requires_grad=True)
+    y = op(x, k)
+    assert torch.isnan(y[:2]).all()
+    torch.testing.assert_close(y[2], op(x[2].detach(), 2))
+    if op is sp.hard_topk_mag:  # (the mask has no gradient)
+        y.sum().backward()
+        assert torch.isnan(x.grad[:2]).all() and torch.equal(x.grad[2], torch.tensor([1.0, 0.0, 0.0, 1.0]))
+
+
 def test_where_k_cannot_be_checked_an_invalid_tensor_k_gives_nan():
     """Under torch.compile the values are not read on the host (that would guard on them):
     the hard ops and Dykstra give NaN for a k outside [0, n], as the CUDA kernels do."""
