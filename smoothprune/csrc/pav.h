@@ -156,8 +156,8 @@ SP_HD inline void psi_tilde(double z, const TopkParams& P, double* value, double
 SP_HD inline double depressed_cubic_root(double Pc, double Qc) {
   const double scale = std::max(::sqrt(Pc), ::cbrt(::fabs(Qc)));
   if (!(scale > 0)) return 0.0;
-  const double P = Pc / (scale * scale);
-  const double Q = Qc / (scale * scale * scale);
+  const double P = Pc / scale / scale;  // (divided in turn: scale^3 alone may overflow)
+  const double Q = Qc / scale / scale / scale;
   const double D = ::sqrt(0.25 * Q * Q + P * P * P / 27.0);
   const double A = ::cbrt(0.5 * ::fabs(Q) + D);
   const double B = P / (3.0 * A);
@@ -191,22 +191,26 @@ SP_HD inline double ordered_midpoint(double lo, double hi) {
 // search ends on a zero or when the bracket's ends are adjacent (or within 2 ulps) — never on a
 // small step alone, which is no proof near an infinite slope (p > 2 at z = 0). A Newton step
 // shorter than the tolerance is stretched to it, so that the root gets bracketed from both sides.
-// Returns the evaluated point of smallest |f|.
+// Returns the end of the final bracket with the smaller |f| (an end never evaluated counts as
+// infinite): where f jumps across the root (membership changing), the bracket's ends are the
+// only points next to it.
 template <typename F>
 SP_HD double solve_decreasing(F&& f, double lo, double hi, double x) {
   constexpr double kEps = 2.220446049250313e-16;  // float64 machine epsilon
   if (!(x > lo && x < hi)) x = ordered_midpoint(lo, hi);
-  double best = x, best_abs = INFINITY;
+  double f_lo = INFINITY, f_hi = -INFINITY;
   double width_before = INFINITY, width_now = hi - lo;
   for (int it = 0; it < 300; ++it) {
     double df = 0.0;
     const double fx = f(x, &df);
     if (fx == 0.0) return x;
-    if (::fabs(fx) < best_abs) {
-      best_abs = ::fabs(fx);
-      best = x;
+    if (fx > 0) {
+      lo = x;
+      f_lo = fx;
+    } else {
+      hi = x;
+      f_hi = fx;
     }
-    if (fx > 0) lo = x; else hi = x;
     const double mid = ordered_midpoint(lo, hi);
     if (mid <= lo || mid >= hi || hi - lo <= 2.0 * kEps * std::max(::fabs(lo), ::fabs(hi))) break;
     const double width = hi - lo;
@@ -220,7 +224,7 @@ SP_HD double solve_decreasing(F&& f, double lo, double hi, double x) {
     if (!(next > lo && next < hi) || (it >= 2 && !halving)) next = mid;
     x = next;
   }
-  return best;
+  return ::fabs(f_lo) <= ::fabs(f_hi) ? lo : hi;
 }
 
 // Magnitude singleton with w = 1 at key s >= 0: its value is v = s - z, where z solves
@@ -240,11 +244,9 @@ SP_HD inline double kept_shrink(double s, const TopkParams& P) {
   return solve_decreasing(f, 0.0, s, NAN);
 }
 
-// Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.
+// The kept value v = s - z of a magnitude singleton at key s whose shrink kept_shrink(s) is z.
 // Where lam shrinks s to a small v, v is solved for directly (s - z would cancel).
-SP_HD inline double kept_value(double s, const TopkParams& P, double* z_out) {
-  const double z = kept_shrink(s, P);
-  if (z_out) *z_out = z;
+SP_HD inline double kept_value_of(double s, double z, const TopkParams& P) {
   if (!(s > 0)) return 0.0;
   if (P.kind == PKind::kTwo) return s / (1.0 + P.lam);
   if (P.kind == PKind::kFourThirds) {
@@ -257,6 +259,13 @@ SP_HD inline double kept_value(double s, const TopkParams& P, double* z_out) {
     return psi(s - v, P) - v;
   };
   return solve_decreasing(f, 0.0, 0.5 * s, s - z);
+}
+
+// Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.
+SP_HD inline double kept_value(double s, const TopkParams& P, double* z_out) {
+  const double z = kept_shrink(s, P);
+  if (z_out) *z_out = z;
+  return kept_value_of(s, z, P);
 }
 
 // Singleton value val_i of sorted position i.
@@ -326,9 +335,12 @@ SP_HD inline scalar_t block_output(scalar_t xj, double s, double gamma, const To
 // gamma - s_i would cancel to nothing while rel keeps every digit. The mask's equations involve
 // differences only; the magnitude's also need the absolute value gamma = c + rel.
 
-// Value offset of a kept singleton at difference d: val - c.
+// Value offset of a kept singleton at difference d: val - c, from whichever of the shrink z
+// and the value v is the small one (the other would cancel).
 SP_HD inline double kept_rel(double d, double c, const TopkParams& P) {
-  return P.magnitude ? d - kept_shrink(c + d, P) : d - P.lam;
+  if (!P.magnitude) return d - P.lam;
+  const double s = c + d, z = kept_shrink(s, P);
+  return z <= 0.5 * s ? d - z : kept_value_of(s, z, P) - c;
 }
 
 // The difference below which a kept singleton's value falls under rel (it then joins a block

@@ -65,8 +65,8 @@ def cubic_root(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     scale = torch.maximum(P.sqrt(), Q.abs().pow(1.0 / 3.0))
     positive = scale > 0
     scale = torch.where(positive, scale, torch.ones_like(scale))
-    Pn = P / (scale * scale)
-    Qn = Q / (scale * scale * scale)
+    Pn = P / scale / scale  # (divided in turn: scale^3 alone may overflow)
+    Qn = Q / scale / scale / scale
     D = (0.25 * Qn * Qn + Pn * Pn * Pn / 27.0).sqrt()
     A = (0.5 * Qn.abs() + D).pow(1.0 / 3.0)
     B = Pn / (3.0 * A)

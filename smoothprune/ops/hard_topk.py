@@ -7,23 +7,29 @@ import torch
 from smoothprune.ops import _checks
 
 
-def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torch.Tensor:
-    """The 0/1 mask, NaN on slices holding a NaN or Inf (as the smooth operators)."""
-    _checks.check_input(fn, x)
-    d = _checks.check_dim(fn, x, dim)
-    k = _checks.check_k(fn, k, x.shape[d], dim, x)
+def topk_mask_of(key: torch.Tensor, k, d: int) -> torch.Tensor:
+    """The 0/1 mask of the ``k`` largest keys along dim ``d``, unchecked (internal callers that
+    order by -inf on purpose, as the top-k loss does); NaN everywhere for a tensor ``k`` outside
+    ``[0, n]``."""
     if isinstance(k, torch.Tensor):
         # A tensor k keeps one graph for every value: compare ranks with k instead of topk(k).
         key_last = key.movedim(d, -1)
         order = key_last.argsort(dim=-1, descending=True, stable=True)
         n = key_last.shape[-1]
-        positions = torch.arange(n, device=x.device).expand_as(order)
+        positions = torch.arange(n, device=key.device).expand_as(order)
         ranks = torch.empty_like(order).scatter_(-1, order, positions)
-        k_dev = k.to(x.device)
-        # a device k outside [0, n] (host values raised above) gives NaN, as the smooth ops do
-        mask = torch.where((k_dev >= 0) & (k_dev <= n), (ranks < k_dev).to(x.dtype), torch.nan).movedim(-1, d)
-    else:
-        mask = torch.zeros_like(x).scatter(d, key.topk(k, dim=d).indices, 1.0)
+        k_dev = k.to(key.device)
+        # a device k outside [0, n] (host values raise in _hard_mask) gives NaN, as the smooth ops do
+        return torch.where((k_dev >= 0) & (k_dev <= n), (ranks < k_dev).to(key.dtype), torch.nan).movedim(-1, d)
+    return torch.zeros_like(key).scatter(d, key.topk(k, dim=d).indices, 1.0)
+
+
+def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torch.Tensor:
+    """The checked 0/1 mask, NaN on slices of x holding a NaN or Inf (as the smooth operators)."""
+    _checks.check_input(fn, x)
+    d = _checks.check_dim(fn, x, dim)
+    k = _checks.check_k(fn, k, x.shape[d], dim, x)
+    mask = topk_mask_of(key, k, d).to(x.dtype)
     return torch.where(torch.isfinite(x).all(d, keepdim=True), mask, torch.nan)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from smoothprune.ops._checks import check_algorithm, check_input, check_lam, check_p
 from smoothprune.ops._scalars import as_scalar_tensor
-from smoothprune.ops.hard_topk import hard_topk_mask
+from smoothprune.ops.hard_topk import topk_mask_of
 from smoothprune.ops.soft_topk import soft_topk_mask
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -64,7 +64,7 @@ def _target_polytope_point(logits: torch.Tensor, target: torch.Tensor, k: int, f
     others = logits.detach().masked_fill(onehot.bool(), float("-inf"))
     # k - 1 as a tensor: no output shape depends on k, so new values of k do not recompile
     k_others = as_scalar_tensor(k - 1, torch.int64, logits.device)
-    return onehot + hard_topk_mask(others, k_others, dim=-1)
+    return onehot + topk_mask_of(others, k_others, -1)  # (unchecked: -inf orders the target last)
 
 
 class _FenchelYoungTopk(torch.autograd.Function):
