@@ -135,21 +135,6 @@ SP_HD inline double psi_deriv(double z, const TopkParams& P) {
   }
 }
 
-// psi~(z) = sign(z)|z|^(q-1), the summand of a block equation, and its slope in z.
-SP_HD inline void psi_tilde(double z, const TopkParams& P, double* value, double* slope) {
-  if (P.kind == PKind::kTwo) {
-    *value = z;
-    *slope = 1.0;
-  } else if (P.kind == PKind::kFourThirds) {
-    *value = z * z * z;
-    *slope = 3.0 * z * z;
-  } else {
-    const double az = ::fabs(z);
-    *value = signed_pow(z, P.q - 1.0);
-    *slope = (P.q - 1.0) * (az > 0 ? ::pow(az, P.q - 2.0) : (P.q < 2 ? INFINITY : 0.0));
-  }
-}
-
 // Real root of u^3 + P u + Q = 0 with P >= 0 (the only real root). Rescaled so that no power
 // overflows, and written as -Q / (A^2 + P/3 + B^2) (= A - B of Cardano's formula, without the
 // cancellation when |Q| << P^(3/2)).
@@ -298,12 +283,11 @@ struct Frame {
   SP_HD double diff(double key) const { return (key - c) / unit; }
 };
 
-// Below this frame lam (magnitude), a block member lies within 1e-280 of the junction key: only
-// exact ties pool, and they split the same way for every such lam; flooring it keeps
-// lam gamma^(p-1) a normal float64.
-constexpr double kLogFloorLam = -644.7238260383328;  // log(1e-280)
-
 SP_HD inline Frame make_frame(double c, const TopkParams& raw) {
+  // Below this frame lam (magnitude), a block member lies within 1e-280 of the junction key:
+  // only exact ties pool, and they split the same way for every such lam; flooring it keeps
+  // lam gamma^(p-1) a normal float64.
+  constexpr double kLogFloorLam = -644.7238260383328;  // log(1e-280)
   if (!raw.magnitude) return {c, raw.lam, 0.0, TopkParams::make_log(0.0, raw.p, false, raw.debias)};
   if (!(c > 0)) return {c, 1.0, c, raw};  // all keys from the junction down are 0: nothing pools
   const double log_lam = std::max(raw.log_lam + (raw.p - 2.0) * ::log(c), kLogFloorLam);
@@ -322,14 +306,28 @@ SP_HD inline scalar_t framed_block_output(scalar_t xj, double s, double rel, con
   return static_cast<scalar_t>(out);
 }
 
-// Output of a member (input xj, key s) of the pooled block of value gamma, on raw keys (the
-// CUDA kernels): the identity frame.
-template <typename scalar_t>
-SP_HD inline scalar_t block_output(scalar_t xj, double s, double gamma, const TopkParams& P) {
-  return framed_block_output(xj, s, gamma, Frame{0.0, 1.0, 0.0, P});
-}
-
 // ---- One sorted row ----------------------------------------------------------------------
+// A pair of sums over the sorted positions [a, b): `sum(a, b, term)` adds term(i) (a Sums) over
+// them. The CPU sums serially (SerialSum); the CUDA long-row kernel passes a sum over all threads
+// of a CUDA block, and so runs these very functions cooperatively.
+struct Sums {
+  double first;
+  double second;
+};
+
+struct SerialSum {
+  template <typename T>
+  SP_HD Sums operator()(int64_t a, int64_t b, const T& term) const {
+    Sums total{0.0, 0.0};
+    for (int64_t i = a; i < b; ++i) {
+      const Sums t = term(i);
+      total.first += t.first;
+      total.second += t.second;
+    }
+    return total;
+  }
+};
+
 // The solver reads the row as differences d_i = s_i - c from the junction key c = s_{k-1}
 // (`d(i)`, descending, d(k-1) = 0) and finds rel = gamma - c: where lam is tiny against the keys,
 // gamma - s_i would cancel to nothing while rel keeps every digit. The mask's equations involve
@@ -360,19 +358,16 @@ SP_HD inline double kept_threshold(double g, const TopkParams& P) {
 // The block equation of the members [a, b) for the offset rel, with its slope:
 //   sum psi(d_i - rel) - W (1 for the mask, gamma for the magnitude),  W = #{members < k}.
 // Decreasing in rel; every term is bounded for members (psi <= 1 or <= gamma).
-template <typename D>
+template <typename D, typename Sum>
 SP_HD inline double block_equation(const D& d, int64_t a, int64_t b, int64_t k, double c, double rel,
-                                   const TopkParams& P, double* df) {
-  double f = 0.0, slope = 0.0;
-  for (int64_t i = a; i < b; ++i) {
+                                   const TopkParams& P, const Sum& sum, double* df) {
+  const Sums t = sum(a, b, [&](int64_t i) {
     const double z = d(i) - rel;
-    f += psi(z, P);
-    slope += psi_deriv(std::max(z, 0.0), P);
-  }
+    return Sums{psi(z, P), psi_deriv(std::max(z, 0.0), P)};
+  });
   const double W = static_cast<double>(std::min(b, k) - a);
-  f -= W * (P.magnitude ? c + rel : 1.0);
-  *df = -slope - (P.magnitude ? W : 0.0);
-  return f;
+  *df = -t.second - (P.magnitude ? W : 0.0);
+  return t.first - W * (P.magnitude ? c + rel : 1.0);
 }
 
 // Closed-form offset of a block of m members, W of them kept-side, from the sum S1 of their
@@ -393,27 +388,25 @@ SP_HD inline double closed_form_rel(double m, double W, double S1, double M2, do
 // Exact offset rel of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts): the
 // closed form (two passes: mean, then moments), polished by Newton for p = 4/3; the root of
 // the block equation for any other p.
-template <typename D>
-SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, double c, const TopkParams& P) {
+template <typename D, typename Sum>
+SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, double c, const TopkParams& P,
+                              const Sum& sum) {
   const double m = static_cast<double>(b - a);
   const double W = static_cast<double>(std::min(b, k) - a);
-  double S1 = 0.0;
-  for (int64_t i = a; i < b; ++i) S1 += d(i);
+  const double S1 = sum(a, b, [&](int64_t i) { return Sums{d(i), 0.0}; }).first;
   if (P.kind == PKind::kTwo) return closed_form_rel(m, W, S1, 0.0, 0.0, c, P);
   double start = NAN;
   if (P.kind == PKind::kFourThirds) {
     const double mu = S1 / m;
-    double M2 = 0.0, M3 = 0.0;
-    for (int64_t i = a; i < b; ++i) {
+    const Sums M = sum(a, b, [&](int64_t i) {
       const double e = d(i) - mu;
-      M2 += e * e;
-      M3 += e * e * e;
-    }
-    start = closed_form_rel(m, W, S1, M2, M3, c, P);
+      return Sums{e * e, e * e * e};
+    });
+    start = closed_form_rel(m, W, S1, M.first, M.second, c, P);
   }
   const double lo = P.magnitude ? -c : d(b - 1) - P.lam;
   const double hi = d(a);
-  auto eq = [&](double rel, double* df) { return block_equation(d, a, b, k, c, rel, P, df); };
+  auto eq = [&](double rel, double* df) { return block_equation(d, a, b, k, c, rel, P, sum, df); };
   return solve_decreasing(eq, lo, hi, start);
 }
 
@@ -470,77 +463,89 @@ SP_HD inline int64_t first_below_d(const D& d, int64_t lo, int64_t hi, double t,
   return lo;
 }
 
-template <typename S>
-SP_HD inline int64_t first_below(const S* s, int64_t lo, int64_t hi, double t, bool or_equal) {
-  return first_below_d([s](int64_t i) { return static_cast<double>(s[i]); }, lo, hi, t, or_equal);
-}
-
 // Any p: the block's offset is the root of the decreasing selection count
 //   Phi(rel) = sum_i sel_i(rel) - k,  sel_i = clamp(psi(d_i - rel) / (1 or gamma), 0, 1),
 // the dual (threshold) view of PAV: every term lies in [0, 1], whatever p and lam. Membership
 // for a given rel is read off by binary search: i < k joins iff d_i < kept_threshold_rel(rel),
 // i >= k joins iff d_i > rel. Cost: O(block) per evaluation instead of O(block) per merge.
-// `lo`: the junction's kept offset kept_rel(0), the bracket's lower end.
-template <typename D>
+// `lo`: the junction's kept offset kept_rel(0), the bracket's lower end; the upper end is d(k).
+// Both ends of the block only move down as rel grows: they are searched once at the bracket's
+// ends, and then only between those (a small part of a long row) instead of over the whole row.
+template <typename D, typename Sum>
 SP_HD inline void find_block_general(const D& d, int64_t n, int64_t k, double c, double lo, const TopkParams& P,
-                                     int64_t* a_out, int64_t* b_out) {
+                                     const Sum& sum, int64_t* a_out, int64_t* b_out) {
+  const double hi = d(k);
+  const int64_t a_first = first_below_d(d, 0, k, kept_threshold_rel(hi, c, P), false);
+  const int64_t a_last = first_below_d(d, a_first, k, kept_threshold_rel(lo, c, P), false);
+  const int64_t b_first = first_below_d(d, k, n, hi, true);
+  const int64_t b_last = first_below_d(d, b_first, n, lo, true);
   auto membership = [&](double rel, int64_t* a, int64_t* b) {
-    *a = first_below_d(d, 0, k, kept_threshold_rel(rel, c, P), false);
-    *b = first_below_d(d, k, n, rel, true);
+    *a = first_below_d(d, a_first, a_last, kept_threshold_rel(rel, c, P), false);
+    *b = first_below_d(d, b_first, b_last, rel, true);
   };
   auto phi = [&](double rel, double* df) {
     int64_t a, b;
     membership(rel, &a, &b);
     const double g = P.magnitude ? c + rel : 1.0;
-    double f = 0.0, slope = 0.0;
-    for (int64_t i = a; i < b; ++i) {
+    const Sums t = sum(a, b, [&](int64_t i) {
       const double z = std::max(d(i) - rel, 0.0);
-      if (g <= 0) {  // gamma = 0 (the magnitude's lam -> infinity): every member fully selected
-        f += z > 0 ? 1.0 : 0.0;
-        continue;
-      }
+      // gamma = 0 (the magnitude's lam -> infinity): every member fully selected
+      if (g <= 0) return Sums{z > 0 ? 1.0 : 0.0, 0.0};
       const double sel = std::min(psi(z, P) / g, 1.0);
-      f += sel;
-      slope += P.magnitude ? (psi_deriv(z, P) + sel) / g : psi_deriv(z, P);
-    }
-    *df = -slope;
-    return f - static_cast<double>(k - a);
+      return Sums{sel, P.magnitude ? (psi_deriv(z, P) + sel) / g : psi_deriv(z, P)};
+    });
+    *df = -t.second;
+    return t.first - static_cast<double>(k - a);
   };
-  const double rel = solve_decreasing(phi, lo, d(k), NAN);
+  const double rel = solve_decreasing(phi, lo, hi, NAN);
   membership(rel, a_out, b_out);
   // The root sits where membership is about to change; keep the block non-degenerate around k.
   *a_out = std::min(*a_out, k - 1);
   *b_out = std::max(*b_out, k + 1);
 }
 
-// Solves one sorted row given as differences from its junction key c (see above): the boundary
-// block and its offset (a == b == k when nothing pools). Exact ties at the junction always pool:
-// lam > 0 splits them, however small lam is against the keys.
+// Whether the junction pools (then *kept_junction = kept_rel(0), the bracket's lower end).
+// Strict violation only: ties between singletons are not pooled, except exact ties at the
+// junction, which always pool: lam > 0 splits them, however small lam is against the keys.
 template <typename D>
-SP_HD inline BoundaryBlock solve_sorted_diffs(const D& d, int64_t n, int64_t k, double c, const TopkParams& P) {
-  BoundaryBlock blk{k, k, NAN, NAN};
-  if (k <= 0 || k >= n) return blk;
+SP_HD inline bool junction_pools(const D& d, int64_t n, int64_t k, double c, const TopkParams& P,
+                                 double* kept_junction) {
+  if (k <= 0 || k >= n) return false;
   const double dk = d(k);
   const bool tie = dk == 0.0 && (!P.magnitude || c > 0);
-  // Strict violation only: ties between singletons are not pooled.
-  const double kept_junction = kept_rel(0.0, c, P);
-  if (!(kept_junction < dk) && !tie) return blk;
-  if (P.kind == PKind::kGeneral) {
-    find_block_general(d, n, k, c, kept_junction, P, &blk.a, &blk.b);
+  *kept_junction = kept_rel(0.0, c, P);
+  return *kept_junction < dk || tie;
+}
+
+// Solves one sorted row given as differences from its junction key c (see above): the boundary
+// block and its offset (a == b == k when nothing pools). The block is grown in closed form for
+// p = 2 and p = 4/3 (sequential, O(block)); `by_root` finds it by the root search for every p,
+// which parallelises over the block (`sum`: the CUDA long-row kernel).
+template <typename D, typename Sum = SerialSum>
+SP_HD inline BoundaryBlock solve_sorted_diffs(const D& d, int64_t n, int64_t k, double c, const TopkParams& P,
+                                              const Sum& sum = Sum{}, bool by_root = false) {
+  BoundaryBlock blk{k, k, NAN, NAN};
+  double kept_junction;
+  if (!junction_pools(d, n, k, c, P, &kept_junction)) return blk;
+  if (by_root || P.kind == PKind::kGeneral) {
+    find_block_general(d, n, k, c, kept_junction, P, sum, &blk.a, &blk.b);
   } else {
     grow_block_closed_form(d, n, k, c, P, &blk.a, &blk.b);
   }
-  blk.rel = block_rel(d, blk.a, blk.b, k, c, P);
+  blk.rel = block_rel(d, blk.a, blk.b, k, c, P, sum);
   blk.gamma = c + blk.rel;
   return blk;
 }
 
-// Solves one sorted row of keys s (descending): the boundary block and its value.
-template <typename S>
-SP_HD inline BoundaryBlock solve_sorted_row(const S* s, int64_t n, int64_t k, const TopkParams& P) {
+// Solves the sorted keys s[0, n) (descending) of one row in the frame of its junction key:
+// the boundary block and its offset rel in that frame (framed_block_output writes the members).
+template <typename S, typename Sum = SerialSum>
+SP_HD inline BoundaryBlock solve_sorted_row_framed(const S* s, int64_t n, int64_t k, const TopkParams& P,
+                                                   const Sum& sum = Sum{}, bool by_root = false) {
   if (k <= 0 || k >= n) return BoundaryBlock{k, k, NAN, NAN};
-  const double c = s[k - 1];
-  return solve_sorted_diffs([s, c](int64_t i) { return static_cast<double>(s[i]) - c; }, n, k, c, P);
+  const Frame F = make_frame(static_cast<double>(s[k - 1]), P);
+  return solve_sorted_diffs([s, &F](int64_t i) { return F.diff(static_cast<double>(s[i])); }, n, k, F.cf, F.P,
+                            sum, by_root);
 }
 
 }  // namespace smoothprune

@@ -8,13 +8,18 @@ build-side check (the kernels compile) is in CI itself.
 
 import itertools
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import smoothprune as sp
 from smoothprune import bench
 from tests.helpers import MODES
+from tests.ops.test_fuzz import FUZZ, _check_against_oracle, problems
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -70,6 +75,47 @@ def test_edge_cases_match_cpu():
                 want = op(x, kk, lam=0.3, p=p)
                 got = op(x.to(CUDA), kk, lam=0.3, p=p).cpu()
                 assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _check_extreme_row(x, k, lam, p, magnitude, y):
+    assert np.isfinite(y).all(), (x.tolist(), k, lam, p, y.tolist())
+    if not magnitude:
+        assert ((y >= 0) & (y <= 1)).all()
+        assert math.isclose(y.sum(), k, abs_tol=1e-9 * max(k, 1)), (k, lam, p, y.sum())
+    _check_against_oracle(y, x, k, lam, p, magnitude=magnitude)
+
+
+@FUZZ
+@given(problems(), st.booleans())
+def test_short_rows_at_any_p_and_extreme_values_match_the_oracle(problem, magnitude):
+    """The fuzz of tests/ops/test_fuzz.py on the one-thread-per-row kernel."""
+    x, k, p, lam = problem
+    op = sp.soft_topk_mag if magnitude else sp.soft_topk_mask
+    y = op(torch.tensor(x, device=CUDA), k, lam=lam, p=p).cpu().numpy()
+    _check_extreme_row(x, k, lam, p, magnitude, y)
+
+
+@FUZZ
+@given(problems(), st.booleans(), st.integers(0, 2**16))
+def test_long_rows_at_any_p_and_extreme_values_match_the_oracle(problem, magnitude, seed):
+    """The same problems inside rows of 4,096+ entries (one CUDA block per row): the fuzz row
+    plus filler entries that are pruned whatever the solution (below every key by more than lam
+    for the mask, zeros for the magnitude), scattered at random. The filler changes neither the
+    threshold nor the fuzz row's outputs, so the short row's oracle holds for the long row."""
+    x, k, p, lam = problem
+    fill = 4096
+    if magnitude:
+        filler = 0.0
+    else:
+        filler = max(float(np.min(x)) - 4.0 * lam - abs(float(np.min(x))), -1.79e308)
+    long = np.concatenate([x, np.full(fill, filler)])
+    order = np.random.default_rng(seed).permutation(len(long))
+    op = sp.soft_topk_mag if magnitude else sp.soft_topk_mask
+    y_long = op(torch.tensor(long[order], device=CUDA), k, lam=lam, p=p).cpu().numpy()
+    y = np.empty_like(y_long)
+    y[order] = y_long
+    assert (y[len(x):] == 0).all()
+    _check_extreme_row(x, k, lam, p, magnitude, y[: len(x)])
 
 
 def test_rows_with_nan_or_inf_give_nan_like_cpu():

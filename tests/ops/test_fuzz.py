@@ -10,6 +10,7 @@ import math
 
 import mpmath
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -105,14 +106,15 @@ def test_low_precision_dtypes_keep_the_invariants(problem, dtype):
     assert math.isclose(float(y.sum()), k, abs_tol=4 * eps * len(x) + 1e-9)
 
 
-def test_general_p_gradients_pass_gradcheck():
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_general_p_gradients_pass_gradcheck(device):
     """The closed-form backward in the row's frame, for p outside {2, 4/3} and lam across
     scales (random rows: away from the kinks where a key crosses the block's edge)."""
     gen = torch.Generator().manual_seed(0)
     for p in (1.5, 3.0, 7.0):
         for lam in (1e-3, 1.0, 1e3):
             for magnitude, debias in ((False, True), (True, True), (True, False)):
-                x = (torch.randn(3, 6, generator=gen, dtype=torch.float64) * lam).requires_grad_()
+                x = (torch.randn(3, 6, generator=gen, dtype=torch.float64) * lam).to(device).requires_grad_()
                 fn = (lambda t: sp.soft_topk_mag(t, 3, lam=lam, p=p, debias=debias)) if magnitude else (
                     lambda t: sp.soft_topk_mask(t, 3, lam=lam, p=p))
                 assert torch.autograd.gradcheck(fn, (x,), eps=1e-7 * lam, atol=1e-6, rtol=1e-5), (p, lam, magnitude)

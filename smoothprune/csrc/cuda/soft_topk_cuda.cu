@@ -5,7 +5,8 @@
 //   perm   [rows, n]  int32  the row's positions in descending key order;
 //   blocks [rows, 2]  int64  the pooled block [a, b) in sorted positions (a == b: none;
 //                            a == b == -1: the row held a NaN/Inf and its outputs are NaN);
-//   gamma  [rows]     f64    the pooled block's value.
+//   gamma  [rows]     f64    the pooled block's offset rel in the row's frame (pav.h, Frame):
+//                            the frame is rebuilt from the junction key (sorted position k - 1).
 // The CPU kernel lays perm out as [kept | block | pruned] after a selection; a descending sort is
 // one such layout, and it is all the backward reads.
 //
@@ -13,10 +14,13 @@
 //   1. keys (x, or |x| for the magnitude) sorted per row: torch's sort for short rows (bitonic in
 //      shared memory), a cub radix sort with int32 positions for long ones;
 //   2. rows shorter than kLongRow: one thread per row solves the sorted row with the PAV of pav.h
-//      (the same code as the CPU: the pooled block is grown outwards from the k | k+1 junction,
-//      so its cost is the block's size); longer rows: one CUDA block per row finds the block by
-//      a cooperative root search (solve_long_rows_kernel);
-//   3. every element is settled in parallel: kept singleton, pooled block or pruned.
+//      (the same code as the CPU, in the same scale-free frame: the pooled block is grown outwards
+//      from the k | k+1 junction, so its cost is the block's size); longer rows: one CUDA block
+//      per row runs pav.h's root search for the block with its sums over the block's threads
+//      (solve_long_rows_kernel);
+//   3. every element is settled in parallel: kept singleton, pooled block or pruned; for p > 2
+//      the mask's smallest block member then takes the remainder of the block's share, as on the
+//      CPU (mask_remainder_kernel).
 // Backward: one CUDA block per row reduces the three block sums, then every element's gradient is
 // written in parallel.
 // k and lam may be CPU tensors (read and checked on the host, as on the CPU) or 0-d tensors on
@@ -99,20 +103,18 @@ __global__ void solve_rows_kernel(const key_t* __restrict__ sorted, int64_t rows
     gamma[r] = NAN;
     return;
   }
-  const BoundaryBlock blk = solve_sorted_row(s, n, k, P);
+  const BoundaryBlock blk = solve_sorted_row_framed(s, n, k, P);
   blocks[2 * r] = blk.a;
   blocks[2 * r + 1] = blk.b;
-  gamma[r] = blk.a < blk.b ? blk.gamma : 0.0;
+  gamma[r] = blk.a < blk.b ? blk.rel : 0.0;
 }
 
 // ---- Step 2 for long rows: one CUDA block per row -------------------------------------------
 // Growing the pooled block one element at a time costs its size in sequential steps, which is
-// thousands on rows of millions. Here a CUDA block finds it cooperatively: the block value is the
-// root of the decreasing function Phi(g) = (sum of psi~(s_i - g) over the members of g) minus
-// the w-terms, a raw-key form of pav.h's find_block_general (membership read off g by binary
-// search, the sum over the members reduced by all threads), found by pav.h's bracketed root
-// search (every thread runs it; the reduced values, hence its steps, are identical in all
-// threads); then the block's exact value is solved over the final membership.
+// thousands on rows of millions. Here a CUDA block runs pav.h's root search for the block
+// (find_block_general, for every p) and its exact offset (block_rel) together: every thread runs
+// the same search, and each sum over the block's members is split over the threads and reduced
+// (BlockSum); the reduced values, hence the search's steps, are identical in all threads.
 
 // Sum of a pair over all threads of the block; every thread gets the totals.
 __device__ inline void block_sum2(double* v0, double* v1) {
@@ -138,6 +140,25 @@ __device__ inline void block_sum2(double* v0, double* v1) {
   *v1 = b;
 }
 
+// pav.h's `sum` over [a, b) split over the threads of a CUDA block; every thread must call it.
+struct BlockSum {
+  template <typename T>
+  SP_HD Sums operator()(int64_t a, int64_t b, const T& term) const {
+#ifdef __CUDA_ARCH__
+    Sums part{0.0, 0.0};
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+      const Sums t = term(i);
+      part.first += t.first;
+      part.second += t.second;
+    }
+    block_sum2(&part.first, &part.second);
+    return part;
+#else
+    return SerialSum{}(a, b, term);  // (never run: the kernels are device code)
+#endif
+  }
+};
+
 template <typename key_t>
 __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
     const key_t* __restrict__ sorted, int64_t n, ScalarArgs A, int64_t* __restrict__ blocks,
@@ -155,86 +176,11 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
     }
     return;
   }
-  // Nothing pools: the same tests as solve_sorted_row (uniform across the block).
-  if (k <= 0 || k >= n || !(singleton_value(s[k - 1], true, P) < static_cast<double>(s[k]))) {
-    if (threadIdx.x == 0) {
-      blocks[2 * r] = blocks[2 * r + 1] = k;
-      gamma[r] = 0.0;
-    }
-    return;
-  }
-  const double lo = singleton_value(s[k - 1], true, P);
-  const double hi = s[k];
-  // The block's ends for a value g: a = the first kept-side entry below kept_threshold(g), b = the first
-  // pruned-side entry at or below g. Both only move down as g grows, and the root search only
-  // evaluates g in [lo, hi]: so they are searched once at the bracket's ends, and afterwards
-  // only between those (a small part of the row at pruning scale) instead of over the whole
-  // row, which costs log2(n) dependent global loads per step of the search.
-  const int64_t a_first = first_below(s, 0, k, kept_threshold(hi, P), false);
-  const int64_t a_last = first_below(s, a_first, k, kept_threshold(lo, P), false);
-  const int64_t b_first = first_below(s, k, n, hi, true);
-  const int64_t b_last = first_below(s, b_first, n, lo, true);
-  auto membership = [&](double g, int64_t* a, int64_t* b) {
-    *a = first_below(s, a_first, a_last, kept_threshold(g, P), false);
-    *b = first_below(s, b_first, b_last, g, true);
-  };
-  // Sum over [a, b) of psi~(s_i - g) and its slope, minus the w-terms (a block equation).
-  auto block_equation = [&](int64_t a, int64_t b, double g, double* df) {
-    double f = 0.0, d = 0.0;
-    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
-      double v, c;
-      psi_tilde(static_cast<double>(s[i]) - g, P, &v, &c);
-      f += v;
-      d += c;
-    }
-    block_sum2(&f, &d);
-    const double W = static_cast<double>(std::min(b, k) - a);
-    f -= P.lam_q1 * W * (P.magnitude ? g : 1.0);
-    *df = -d - (P.magnitude ? P.lam_q1 * W : 0.0);
-    return f;
-  };
-  auto phi = [&](double g, double* df) {
-    int64_t a, b;
-    membership(g, &a, &b);
-    return block_equation(a, b, g, df);
-  };
-  int64_t a, b;
-  membership(solve_decreasing(phi, lo, hi, 0.5 * (lo + hi)), &a, &b);
-  a = std::min(a, k - 1);  // keep the block non-degenerate around k, as find_block_general does
-  b = std::max(b, k + 1);
-  // The exact value of the fixed block [a, b), as block_value in pav.h.
-  double g;
-  double smax = s[a], smin = s[b - 1];  // sorted descending
-  const double m = static_cast<double>(b - a), W = static_cast<double>(k - a);
-  // pav.h's closed forms on the raw keys (the frame of junction key 0)
-  if (P.kind == PKind::kTwo) {
-    double sum = 0.0, unused = 0.0;
-    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) sum += s[i];
-    block_sum2(&sum, &unused);
-    g = closed_form_rel(m, W, sum, 0.0, 0.0, 0.0, P);
-  } else {
-    double start = 0.5 * ((P.magnitude ? 0.0 : smin - P.lam) + smax);
-    if (P.kind == PKind::kFourThirds) {  // closed form from central moments, then Newton polish
-      double sum = 0.0, unused = 0.0;
-      for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) sum += s[i];
-      block_sum2(&sum, &unused);
-      const double mu = sum / m;
-      double M2 = 0.0, M3 = 0.0;
-      for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
-        const double d = static_cast<double>(s[i]) - mu;
-        M2 += d * d;
-        M3 += d * d * d;
-      }
-      block_sum2(&M2, &M3);
-      start = closed_form_rel(m, W, sum, M2, M3, 0.0, P);
-    }
-    auto fixed = [&](double gg, double* df) { return block_equation(a, b, gg, df); };
-    g = solve_decreasing(fixed, P.magnitude ? 0.0 : smin - P.lam, smax, start);
-  }
+  const BoundaryBlock blk = solve_sorted_row_framed(s, n, k, P, BlockSum{}, /*by_root=*/true);
   if (threadIdx.x == 0) {
-    blocks[2 * r] = a;
-    blocks[2 * r + 1] = b;
-    gamma[r] = g;
+    blocks[2 * r] = blk.a;
+    blocks[2 * r + 1] = blk.b;
+    gamma[r] = blk.a < blk.b ? blk.rel : 0.0;
   }
 }
 
@@ -260,12 +206,45 @@ __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t
       y[dst] = static_cast<scalar_t>(NAN);
     } else if (i < a) {  // kept singleton
       y[dst] = kept_output(x[dst], static_cast<double>(sorted[t]), P);
-    } else if (i < b) {  // pooled boundary block
-      y[dst] = block_output(x[dst], static_cast<double>(sorted[t]), gamma[r], P);
+    } else if (i < b) {  // pooled boundary block, in the row's frame
+      const Frame F = make_frame(static_cast<double>(sorted[r * n + k - 1]), P);
+      y[dst] = framed_block_output(x[dst], static_cast<double>(sorted[t]), gamma[r], F);
     } else {
       y[dst] = scalar_t(0);
     }
   }
+}
+
+// Step 3, p > 2, the mask: the mask of a block's last member (the smallest key) is infinitely
+// sensitive to the offset near 0, so it takes the remainder of the block's share k - a instead
+// and the mask sums to k (as on the CPU). One CUDA block per row.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) mask_remainder_kernel(const int32_t* __restrict__ perm, int64_t n,
+                                                                  ScalarArgs A, const int64_t* __restrict__ blocks,
+                                                                  scalar_t* __restrict__ y) {
+  const int64_t r = blockIdx.x;
+  int64_t k;
+  TopkParams P;
+  read_args(A, n, &k, &P);
+  const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
+  if (a < 0 || a >= b) return;  // the same in every thread
+  double rest = 0.0, unused = 0.0;
+  for (int64_t i = a + threadIdx.x; i + 1 < b; i += blockDim.x) {
+    rest += static_cast<double>(y[r * n + perm[r * n + i]]);
+  }
+  block_sum2(&rest, &unused);
+  if (threadIdx.x == 0) {
+    const double share = std::min(std::max(static_cast<double>(k - a) - rest, 0.0), 1.0);
+    y[r * n + perm[r * n + b - 1]] = static_cast<scalar_t>(share);
+  }
+}
+
+// The pooled block's frame of row r in the backward: from its junction key (sorted position k - 1).
+template <typename scalar_t>
+__device__ inline Frame row_frame(const scalar_t* x, const int32_t* perm, int64_t r, int64_t n, int64_t k,
+                                  const TopkParams& P) {
+  const double xc = static_cast<double>(x[r * n + perm[r * n + k - 1]]);
+  return make_frame(P.magnitude ? ::fabs(xc) : xc + 0.0, P);
 }
 
 // Backward step 1: one CUDA block per row reduces E = sum (e_i + w_i [magnitude]),
@@ -282,13 +261,14 @@ __global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t
   const bool valid = read_args(A, n, &k, &P);
   const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
   double E = 0.0, Ge = 0.0, G = 0.0;
-  if (valid && a >= 0) {
+  if (valid && a >= 0 && a < b) {
+    const Frame F = row_frame(x, perm, r, n, k, P);
     for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
       const int64_t j = r * n + perm[r * n + i];
       const double xv = static_cast<double>(x[j]);
       const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;
       const double gt = static_cast<double>(g[j]) * sg;
-      const double e = psi_deriv(std::max((P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), P);
+      const double e = psi_deriv(std::max(F.diff(P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), F.P);
       E += e + ((P.magnitude && i < k) ? 1.0 : 0.0);
       Ge += gt * e;
       G += gt;
@@ -348,9 +328,11 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
     } else if (i < b) {
       const double E = sums[3 * r], Ge = sums[3 * r + 1], G = sums[3 * r + 2];
       if (E > 0) {  // E > 0 whenever the block holds a kept element; stay finite otherwise
+        const Frame F = row_frame(x, perm, r, n, k, P);
         const double gt = gv * sg;
-        const double e = psi_deriv(std::max((P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), P);
-        out = sg * (e * (gt - Ge / E) + beta * (gt - e * G / E));
+        const double e = psi_deriv(std::max(F.diff(P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), F.P);
+        // in the frame, the mask's offsets are in units of lam
+        out = sg * (e * (gt - Ge / E) + beta * (gt - e * G / E)) * (P.magnitude ? 1.0 : 1.0 / F.unit);
       }
     }
     gx[j] = static_cast<scalar_t>(out);
@@ -472,6 +454,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cud
       settle(order.const_data_ptr<int32_t>());
     } else {
       settle(order.const_data_ptr<int64_t>());
+    }
+    if (!magnitude && p > 2.0) {
+      mask_remainder_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
+          perm.const_data_ptr<int32_t>(), n, A, blocks.const_data_ptr<int64_t>(), y.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
   return {y, perm, blocks, gamma};
