@@ -5,6 +5,7 @@ Importing this package loads the native operators; it loads neither Lightning no
 
 from smoothprune import _native, schedules
 from smoothprune.export import load_sparse, save_sparse
+from smoothprune.inference import SparseLinear, load_sparsified_, sparsify_
 from smoothprune.nn import SoftTopKLoss
 from smoothprune.ops import (
     hard_topk_mag,
@@ -32,6 +33,9 @@ __all__ = [
     "sparsity_report",
     "save_sparse",
     "load_sparse",
+    "sparsify_",
+    "load_sparsified_",
+    "SparseLinear",
     "schedules",
     "__version__",
 ]

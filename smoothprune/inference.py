@@ -1,0 +1,495 @@
+"""Sparse inference: hardened Linear layers stored and multiplied as CSR matrices where that is
+faster than dense.
+
+A pruned model that keeps its zeros in dense tensors costs what the dense model costs. Here a
+plain ``nn.Linear`` whose weight is sparse enough becomes a `SparseLinear`: its weight is a CSR
+matrix with 32-bit indices (values + column indices + row offsets: 0.2 of the dense bytes at 90%
+sparsity) and its product is torch's sparse-dense kernel (``torch.sparse.mm``). Whether that is
+faster depends on the shape, the sparsity and the batch, so each layer is chosen on its own:
+
+* with ``example_inputs``, by timing both forms on the inputs the layer really receives (captured
+  by one forward pass); a layer goes sparse only where it is at least ``margin`` times faster on
+  every example;
+* without, by `csr_pays_off`, a rule fitted to measurements on a 2-core CPU (README, "Sparse
+  inference"): float32/float64 on the CPU, at least 90% sparse with 2^20 entries or more, or at
+  least 95% sparse with 2^18 or more. Below those, some batch sizes run slower sparse.
+
+`load_sparsified_` builds the sparse model straight from a `save_sparse` file: the chosen
+weights are decoded into CSR without a dense copy, so a model built on the meta device never
+holds its dense weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+__all__ = ["SparseLinear", "LayerChoice", "SparsifyReport", "csr_pays_off", "sparsify_", "load_sparsified_",
+           "weight_bytes"]
+
+CSR_DTYPES = (torch.float32, torch.float64)  # torch's CPU CSR product has no float16/bfloat16 kernel
+
+
+def csr_pays_off(shape, sparsity: float, dtype=torch.float32, device="cpu") -> bool:
+    """The rule `sparsify_` uses without example inputs: whether a ``shape`` weight at
+    ``sparsity`` runs at least as fast as CSR on the CPU at every batch size measured (1, 32, 256).
+
+    Example:
+        >>> csr_pays_off((4096, 4096), 0.9), csr_pays_off((256, 784), 0.9)
+        (True, False)
+    """
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    if torch.device(device).type != "cpu" or dtype not in CSR_DTYPES:
+        return False
+    return (sparsity >= 0.9 and numel >= 2**20) or (sparsity >= 0.95 and numel >= 2**18)
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    if t.layout == torch.sparse_csr:
+        return sum(x.numel() * x.element_size() for x in (t.values(), t.col_indices(), t.crow_indices()))
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by the model's parameters and buffers (each tensor once; CSR: its three arrays)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = id(t)
+        if key not in seen:
+            seen.add(key)
+            total += _tensor_bytes(t)
+    return total
+
+
+class SparseLinear(torch.nn.Module):
+    """``y = x W^T + b`` with ``W`` a CSR matrix (inference only: ``W`` and ``b`` are buffers).
+
+    Example:
+        >>> import torch
+        >>> dense = torch.nn.Linear(64, 32)
+        >>> with torch.no_grad():
+        ...     dense.weight[torch.rand(32, 64) < 0.9] = 0
+        >>> sparse = SparseLinear.from_dense(dense)
+        >>> x = torch.randn(5, 64)
+        >>> torch.allclose(sparse(x), dense(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        if not isinstance(weight, torch.Tensor) or weight.layout != torch.sparse_csr or weight.dim() != 2:
+            got = weight.layout if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"SparseLinear: expected weight to be a 2-D sparse CSR tensor, got {got}")
+        if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+            raise ValueError(f"SparseLinear: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if bias is None else bias.detach())
+
+    @classmethod
+    def from_dense(cls, linear: torch.nn.Linear) -> "SparseLinear":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+            csr = linear.weight.detach().to_sparse_csr()
+        csr = _with_int32_indices(csr)
+        return cls(csr, None if linear.bias is None else linear.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"SparseLinear: expected input with last dim {self.in_features}, got shape "
+                             f"{tuple(x.shape)}")
+        if x.dtype != self.weight.dtype:
+            raise ValueError(f"SparseLinear: expected input of dtype {self.weight.dtype}, got {x.dtype}")
+        lead = x.shape[:-1]
+        xt = x.reshape(-1, self.in_features).t()
+        if self.bias is None:
+            y = torch.sparse.mm(self.weight, xt)
+        else:
+            y = torch.addmm(self.bias.unsqueeze(1), self.weight, xt)
+        return y.t().reshape(*lead, self.out_features)
+
+    def to_dense(self) -> torch.nn.Linear:
+        """The equivalent ``nn.Linear`` (dense weight)."""
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                                 device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight.to_dense())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.weight.values().numel() / max(self.in_features * self.out_features, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A CSR tensor cannot be copied into another of a different nnz: take the stored one.
+        key = prefix + "weight"
+        if key in state_dict:
+            w = state_dict[key]
+            if not isinstance(w, torch.Tensor) or w.layout != torch.sparse_csr or \
+                    tuple(w.shape) != (self.out_features, self.in_features):
+                error_msgs.append(f"SparseLinear: expected {key} to be a CSR tensor of shape "
+                                  f"({self.out_features}, {self.in_features}), got "
+                                  f"{getattr(w, 'layout', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
+            else:
+                self.weight = w
+        elif strict:
+            missing_keys.append(key)
+        bias_key = prefix + "bias"
+        if self.bias is not None:
+            if bias_key in state_dict:
+                self.bias = state_dict[bias_key].detach().to(self.bias.dtype)
+            elif strict:
+                missing_keys.append(bias_key)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"sparsity={self.sparsity:.4f}, layout=csr")
+
+
+def _with_int32_indices(csr: torch.Tensor) -> torch.Tensor:
+    if csr.values().numel() >= 2**31 or csr.shape[1] >= 2**31:
+        return csr
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                       csr.values(), size=csr.shape, check_invariants=False)  # (torch's own)
+
+
+# ------------------------------------------------------------------------------------------------
+# the per-layer choice
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LayerChoice:
+    name: str
+    shape: tuple
+    sparsity: float
+    layout: str                   # "csr" or "dense"
+    reason: str = ""
+    dense_ms: float | None = None  # measured (example_inputs only): summed over the examples
+    sparse_ms: float | None = None
+    dense_bytes: int = 0           # weight + bias
+    bytes: int = 0                 # weight + bias in the chosen layout
+
+
+@dataclasses.dataclass
+class SparsifyReport:
+    layers: list[LayerChoice]
+    model_bytes_before: int   # all parameters and buffers (weight_bytes) before
+    model_bytes: int          # and after
+
+    @property
+    def sparse_layers(self) -> list[str]:
+        return [c.name for c in self.layers if c.layout == "csr"]
+
+    def __str__(self) -> str:
+        rows = [("layer", "shape", "sparsity", "layout", "dense ms", "sparse ms", "bytes", "reason")]
+        for c in self.layers:
+            rows.append((c.name, "×".join(map(str, c.shape)), f"{c.sparsity:.4f}", c.layout,
+                         "-" if c.dense_ms is None else f"{c.dense_ms:.3f}",
+                         "-" if c.sparse_ms is None else f"{c.sparse_ms:.3f}", f"{c.bytes:,}", c.reason))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append(f"model weights: {self.model_bytes_before:,} -> {self.model_bytes:,} bytes "
+                     f"({self.model_bytes / max(self.model_bytes_before, 1):.1%})")
+        return "\n".join(lines)
+
+
+def _check_ready(fn: str, model) -> None:
+    from smoothprune.pruning import pruned_tensors
+
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"{fn}: expected an nn.Module, got {type(model).__name__}")
+    pruned = pruned_tensors(model)
+    if pruned:
+        raise ValueError(f"{fn}: the model is still being pruned ({pruned[0][0]} and {len(pruned) - 1} more): "
+                         "call sp.harden_(model) first")
+    if model.training:
+        raise ValueError(f"{fn}: expected a model in eval mode (sparse layers are for inference): "
+                         "call model.eval() first")
+
+
+def _check_margin(fn: str, margin, repeats) -> None:
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 1.0:
+        raise ValueError(f"{fn}: expected margin to be a number >= 1, got {margin!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"{fn}: expected repeats to be a positive int, got {repeats!r}")
+
+
+def _linear_sites(model) -> dict[int, tuple[str, torch.nn.Linear, list]]:
+    """Plain nn.Linear modules (subclasses such as MultiheadAttention's out_proj are read by their
+    owners directly, so they stay): {id: (name, module, [(parent, attribute), ...])}."""
+    sites = {}
+    for parent_name, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent.named_children():
+            if type(child) is torch.nn.Linear:
+                name = f"{parent_name}.{attr}" if parent_name else attr
+                sites.setdefault(id(child), (name, child, []))[2].append((parent, attr))
+    return sites
+
+
+def _shared_tensors(model) -> set[int]:
+    """ids of tensors held under more than one name (tied weights)."""
+    counts = {}
+    for _, t in model.named_parameters(remove_duplicate=False):
+        counts[id(t)] = counts.get(id(t), 0) + 1
+    return {k for k, c in counts.items() if c > 1}
+
+
+def _examples(fn: str, example_inputs) -> list[tuple[tuple, dict]]:
+    """example_inputs: a tensor, a tuple of positional args, a dict of keyword args, or a list of
+    those (several calls, e.g. batch sizes)."""
+    items = example_inputs if isinstance(example_inputs, list) else [example_inputs]
+    out = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            out.append(((item,), {}))
+        elif isinstance(item, tuple):
+            out.append((item, {}))
+        elif isinstance(item, dict):
+            out.append(((), item))
+        else:
+            raise ValueError(f"{fn}: expected example_inputs to be a tensor, a tuple of args, a dict of kwargs or "
+                             f"a list of those, got {type(item).__name__}")
+    if not out:
+        raise ValueError(f"{fn}: expected at least one example input, got an empty list")
+    return out
+
+
+@torch.inference_mode()
+def _captured_inputs(model, modules: dict, examples) -> dict[int, list[list[torch.Tensor]]]:
+    """Per module id, per example, the inputs the module receives in one forward pass."""
+    seen = {key: [[] for _ in examples] for key in modules}
+    current = [0]
+    handles = [m.register_forward_pre_hook(lambda mod, args, key=key: seen[key][current[0]].append(args[0]))
+               for key, m in modules.items()]
+    try:
+        for i, (args, kwargs) in enumerate(examples):
+            current[0] = i
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+@torch.inference_mode()
+def _time_layer(dense: torch.nn.Linear, sparse: SparseLinear, inputs: list[list[torch.Tensor]], repeats: int):
+    """(dense ms, sparse ms) summed over the calls of each example: one pair per example."""
+    out = []
+    for calls in inputs:
+        if not calls:
+            continue
+        d = sum(_median_ms(lambda x=x: F.linear(x, dense.weight, dense.bias), repeats) for x in calls)
+        s = sum(_median_ms(lambda x=x: sparse(x), repeats) for x in calls)
+        out.append((d, s))
+    return out
+
+
+def _unsupported(weight: torch.Tensor) -> str | None:
+    if weight.device.type != "cpu":
+        return f"on {weight.device.type}: CSR is used on the CPU only"
+    if weight.dtype not in CSR_DTYPES:
+        return f"{str(weight.dtype).replace('torch.', '')} has no CPU CSR kernel"
+    return None
+
+
+def _decide(choice: LayerChoice, timings, margin: float) -> bool:
+    """Whether the layer goes sparse, from its timings (or the rule when there are none); records
+    the times and the reason in ``choice``."""
+    if timings is None:
+        ok = csr_pays_off(choice.shape, choice.sparsity)
+        choice.reason = "rule: " + ("sparse enough for its size" if ok else "too dense or too small to pay off")
+        return ok
+    if not timings:
+        choice.reason = "not called by the example inputs"
+        return False
+    choice.dense_ms = sum(d for d, _ in timings)
+    choice.sparse_ms = sum(s for _, s in timings)
+    worst = min(d / s for d, s in timings)  # the smallest speed-up over the examples
+    ok = worst >= margin
+    if worst >= 1:
+        choice.reason = f"measured: sparse {worst:.2f}× faster" + ("" if ok else f", below the margin {margin:g}×")
+    else:
+        choice.reason = f"measured: sparse {1 / worst:.2f}× slower"
+    return ok
+
+
+def _layer_bytes(layer: torch.nn.Module) -> int:
+    return _tensor_bytes(layer.weight) + (0 if layer.bias is None else _tensor_bytes(layer.bias))
+
+
+def _replace(sites_of_module: list, new: torch.nn.Module) -> None:
+    for parent, attr in sites_of_module:
+        setattr(parent, attr, new)
+
+
+def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.1, repeats: int = 7) -> SparsifyReport:
+    """Replaces the hardened ``nn.Linear`` layers of ``model`` that run faster sparse by
+    `SparseLinear` (CSR weights), in place, and keeps the others dense.
+
+    Args:
+        model: a hardened model (`sp.harden_`) in eval mode.
+        example_inputs: what ``model(...)`` is called with at inference: a tensor, a tuple of
+            positional args, a dict of keyword args, or a list of those (e.g. one per batch size).
+            Each layer is then timed dense and sparse on the inputs it receives, and goes sparse
+            only where it is at least ``margin`` times faster on every example. Without them,
+            the rule `csr_pays_off` decides.
+        margin: the speed-up a measured layer needs to go sparse (default 1.1: timing noise on a
+            busy machine should not flip a layer to the slower form).
+        repeats: timed calls per layer and form (medians).
+
+    Returns:
+        A `SparsifyReport`: per layer the layout chosen and why, the times measured, the bytes.
+
+    Raises:
+        ValueError: a model that is still being pruned (not hardened) or in training mode, or a
+            bad argument.
+
+    Example:
+        >>> import torch, smoothprune as sp
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2048, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
+        >>> _ = sp.prune_(model, 0.95); _ = sp.harden_(model)
+        >>> report = sp.sparsify_(model.eval())
+        >>> report.sparse_layers
+        ['0']
+    """
+    fn = "sparsify_"
+    _check_ready(fn, model)
+    _check_margin(fn, margin, repeats)
+    examples = None if example_inputs is None else _examples(fn, example_inputs)
+    before = weight_bytes(model)
+    sites = _linear_sites(model)
+    shared = _shared_tensors(model)
+    candidates, choices = {}, []
+    for key, (name, module, _) in sites.items():
+        w = module.weight
+        nnz = int((w != 0).sum())
+        dense_bytes = _tensor_bytes(w) + (0 if module.bias is None else _tensor_bytes(module.bias))
+        choice = LayerChoice(name, tuple(w.shape), 1.0 - nnz / max(w.numel(), 1), "dense", "", None, None,
+                             dense_bytes, dense_bytes)
+        choices.append(choice)
+        why = _unsupported(w)
+        if parametrize.is_parametrized(module):
+            why = "parametrized (torch.nn.utils.parametrize)"
+        elif id(w) in shared:
+            why = "tied to another module's tensor"
+        if why:
+            choice.reason = why
+        else:
+            candidates[key] = choice
+    inputs = _captured_inputs(model, {k: sites[k][1] for k in candidates}, examples) if examples else {}
+    for key, choice in candidates.items():
+        module = sites[key][1]
+        sparse = SparseLinear.from_dense(module)
+        timings = _time_layer(module, sparse, inputs[key], repeats) if examples else None
+        if _decide(choice, timings, margin):
+            choice.layout, choice.bytes = "csr", _layer_bytes(sparse)
+            _replace(sites[key][2], sparse)
+    return SparsifyReport(choices, before, weight_bytes(model))
+
+
+def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margin: float = 1.1,
+                     repeats: int = 7) -> SparsifyReport:
+    """Loads a `save_sparse` file into ``model`` for sparse inference, without going dense: the
+    plain ``nn.Linear`` layers chosen sparse get their CSR weight straight from the file's
+    encoding; everything else is loaded as stored. ``model`` may be built on the meta device
+    (``with torch.device("meta"): model = Net()``): its tensors are then replaced by the file's,
+    and the dense weights of the sparse layers never exist.
+
+    The choice is `csr_pays_off` on the file's shapes and sparsities; with ``example_inputs``,
+    every layer that can be sparse is loaded sparse, then timed as in `sparsify_` (one layer's
+    dense weight exists at a time) and made dense again where dense is faster.
+
+    Raises:
+        ValueError: a model in training mode or being pruned, a file that does not match the
+            model (missing or unexpected tensors, shapes), a corrupted file, or tensors the file
+            does not hold that are still on the meta device (non-persistent buffers).
+    """
+    from smoothprune.export import read_sparse_metadata, read_tensors
+
+    fn = "load_sparsified_"
+    _check_ready(fn, model)
+    _check_margin(fn, margin, repeats)
+    examples = None if example_inputs is None else _examples(fn, example_inputs)
+    entries = read_sparse_metadata(path)
+    sites = _linear_sites(model)
+    shared = _shared_tensors(model)
+    planned, choices = {}, {}
+    for key, (name, module, _) in sites.items():
+        e = entries.get(f"{name}.weight")
+        if e is None:
+            continue  # load_state_dict reports the missing key
+        shape, dtype = tuple(e["shape"]), getattr(torch, e["dtype"])
+        choice = LayerChoice(name, shape, float(e["sparsity"]), "dense", "")
+        choices[key] = choice
+        device = torch.device("cpu") if module.weight.is_meta else module.weight.device
+        if device.type != "cpu":
+            choice.reason = f"on {device.type}: CSR is used on the CPU only"
+        elif dtype not in CSR_DTYPES:
+            choice.reason = f"{e['dtype']} has no CPU CSR kernel"
+        elif parametrize.is_parametrized(module):
+            choice.reason = "parametrized (torch.nn.utils.parametrize)"
+        elif id(module.weight) in shared or e["encoding"] == "alias":
+            choice.reason = "tied to another module's tensor"
+        elif e["encoding"] == "dense":
+            choice.reason = "stored dense (not sparse enough)"
+        elif shape != (module.out_features, module.in_features):
+            choice.reason = "shape differs from the model's"
+        elif examples is not None or _decide(choice, None, margin):
+            planned[f"{name}.weight"] = key
+    state = read_tensors(path, as_csr=lambda name, e: name in planned)
+    sparse_layers = {}
+    for weight_key, key in planned.items():
+        name, module, where = sites[key]
+        bias = state.get(f"{name}.bias") if module.bias is not None else None
+        if module.bias is not None and bias is None:
+            raise ValueError(f"{fn}: {path} has no tensor {name}.bias for the model's {name}")
+        sparse_layers[key] = SparseLinear(state[weight_key], bias)
+        _replace(where, sparse_layers[key])
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{fn}: {path} does not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if on_meta:
+        raise ValueError(f"{fn}: {on_meta[:5]} are still on the meta device: {path} does not hold them "
+                         "(non-persistent buffers are not saved: create them after loading)")
+    inputs = _captured_inputs(model, sparse_layers, examples) if examples is not None and sparse_layers else {}
+    for key, layer in sparse_layers.items():
+        choice = choices[key]
+        choice.layout = "csr"
+        if examples is not None:
+            dense = layer.to_dense()  # one layer's dense weight at a time
+            if not _decide(choice, _time_layer(dense, layer, inputs[key], repeats), margin):
+                choice.layout = "dense"
+                _replace(sites[key][2], dense)
+    for key, choice in choices.items():
+        numel_bytes = torch.Size(choice.shape).numel() * getattr(torch, entries[f"{choice.name}.weight"]["dtype"]).itemsize
+        bias = entries.get(f"{choice.name}.bias")
+        bias_bytes = 0 if bias is None else torch.Size(bias["shape"]).numel() * getattr(torch, bias["dtype"]).itemsize
+        choice.dense_bytes = numel_bytes + bias_bytes
+        choice.bytes = _layer_bytes(sparse_layers[key]) if choice.layout == "csr" else choice.dense_bytes
+    dense_total = sum(torch.Size(e["shape"]).numel() * getattr(torch, e["dtype"]).itemsize
+                      for e in entries.values() if e["encoding"] != "alias")
+    return SparsifyReport(list(choices.values()), dense_total, weight_bytes(model))
