@@ -49,6 +49,7 @@ def csr_pays_off(shape, sparsity: float, dtype=torch.float32, device="cpu") -> b
         numel *= int(d)
     if torch.device(device).type != "cpu" or dtype not in CSR_DTYPES:
         return False
+    sparsity += 1e-4  # a top-k of round(n (1 - s)) entries may fall a hair short of s
     return (sparsity >= 0.9 and numel >= 2**20) or (sparsity >= 0.95 and numel >= 2**18)
 
 
@@ -116,6 +117,15 @@ class SparseLinear(torch.nn.Module):
             y = torch.addmm(self.bias.unsqueeze(1), self.weight, xt)
         return y.t().reshape(*lead, self.out_features)
 
+    def __deepcopy__(self, memo):
+        # torch cannot deepcopy a CSR tensor (it has no storage): copy its three arrays
+        w = self.weight
+        copy = SparseLinear(_csr_tensor(w.crow_indices().clone(), w.col_indices().clone(), w.values().clone(),
+                                        w.shape), None if self.bias is None else self.bias.clone())
+        copy.train(self.training)
+        memo[id(self)] = copy
+        return copy
+
     def to_dense(self) -> torch.nn.Linear:
         """The equivalent ``nn.Linear`` (dense weight)."""
         linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -157,13 +167,16 @@ class SparseLinear(torch.nn.Module):
                 f"sparsity={self.sparsity:.4f}, layout=csr")
 
 
+def _csr_tensor(crow, col, values, shape) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch calls its CSR support "beta" on every construction
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, col, values, size=tuple(shape), check_invariants=False)  # (valid)
+
+
 def _with_int32_indices(csr: torch.Tensor) -> torch.Tensor:
     if csr.values().numel() >= 2**31 or csr.shape[1] >= 2**31:
         return csr
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                       csr.values(), size=csr.shape, check_invariants=False)  # (torch's own)
+    return _csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), csr.shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,6 +446,12 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
     _check_margin(fn, margin, repeats)
     examples = None if example_inputs is None else _examples(fn, example_inputs)
     entries = read_sparse_metadata(path)
+    expected = model.state_dict()
+    for key, t in expected.items():
+        e = entries.get(key)
+        if e is not None and tuple(e["shape"]) != tuple(t.shape):
+            raise ValueError(f"{fn}: {path} does not match the model: {key} has shape {tuple(e['shape'])} in the "
+                             f"file, {tuple(t.shape)} in the model")
     sites = _linear_sites(model)
     shared = _shared_tensors(model)
     planned, choices = {}, {}
