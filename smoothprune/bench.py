@@ -341,8 +341,8 @@ def _header(device: torch.device) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["ops", "step", "all"], nargs="?", default="ops",
-                        help="operators (default), training step, or both")
+    parser.add_argument("what", choices=["ops", "step", "infer", "all"], nargs="?", default="ops",
+                        help="operators (default), training step, sparse inference (CPU), or all three")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats per method (default 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -378,6 +378,13 @@ def run(args) -> int:
         print()
         mode = "compile" if args.compile else "cuda-graph" if args.cuda_graph else "eager"
         bars |= run_steps(device, args.repeats, args.batch, args.mlp_batch, args.only_mlp, mode)
+    if args.what in ("infer", "all"):
+        from smoothprune.bench_infer import run_infer
+
+        if device.type != "cpu":
+            raise SystemExit("smoothprune bench infer: CSR inference runs on the CPU: use --device cpu")
+        print()
+        bars |= run_infer(args.repeats)
     _print_bars(bars)
     return 0
 

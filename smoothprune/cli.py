@@ -81,6 +81,18 @@ def _pruning_line(pruning: dict, entries: dict) -> str:
     return line
 
 
+def _inference_layout(e: dict) -> str:
+    """What `load_sparsified_` makes of a tensor without example inputs (if it is a plain
+    nn.Linear's weight): CSR by the rule `csr_pays_off`, else dense."""
+    import torch
+
+    from smoothprune.inference import csr_pays_off
+
+    if e["encoding"] in ("dense", "alias") or len(e["shape"]) != 2:
+        return "dense"
+    return "csr (if Linear)" if csr_pays_off(e["shape"], e["sparsity"], getattr(torch, e["dtype"])) else "dense"
+
+
 def _inspect(args) -> int:
     from smoothprune.export import read_sparse_header
 
@@ -93,15 +105,15 @@ def _inspect(args) -> int:
         print(f"smoothprune inspect: {exc}", file=sys.stderr)
         return 2
     entries = header["tensors"]
-    rows = [("tensor", "shape", "dtype", "encoding", "nnz", "sparsity")]
+    rows = [("tensor", "shape", "dtype", "encoding", "nnz", "sparsity", "load_sparsified_")]
     total = zeros = 0
     for name, e in entries.items():
         numel = math.prod(e["shape"])
         total += numel
         zeros += numel - e["nnz"]
         rows.append((name, "×".join(map(str, e["shape"])) or "scalar", e["dtype"], e["encoding"], str(e["nnz"]),
-                     f"{e['sparsity']:.4f}"))
-    rows.append(("total", "", "", "", str(total - zeros), f"{zeros / max(total, 1):.4f}"))
+                     f"{e['sparsity']:.4f}", _inference_layout(e)))
+    rows.append(("total", "", "", "", str(total - zeros), f"{zeros / max(total, 1):.4f}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

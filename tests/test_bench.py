@@ -55,3 +55,14 @@ def test_bad_bench_arguments(argv, message):
 def test_cuda_bench_without_a_gpu_says_so():
     with pytest.raises(SystemExit, match="--device cuda asked for, but torch sees no CUDA device"):
         cli.main(["bench", "--device", "cuda"])
+
+
+def test_infer_table_reports_every_form_and_batch(capsys):
+    from smoothprune import bench_infer
+
+    bars = bench_infer.run_infer(repeats=1, models=["demo MLP 784-32-32-10"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| demo MLP")]
+    assert len(rows) == len(bench_infer.SPARSITIES) * len(bench_infer.BATCHES)
+    assert all(row.rstrip().endswith("| yes |") for row in rows)  # predictions equal the dense model's
+    assert bars == {}  # the bars are the 4096-wide MLP's

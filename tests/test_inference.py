@@ -323,3 +323,16 @@ def test_load_sparsified_never_holds_the_dense_weights(tmp_path):
     # Sparse: the CSR arrays (20 MB), the file's pages and allocator slack (measured: ~66 MB in
     # all); decoding even one layer densely on the way would add its 67 MB on top.
     assert grown["sparse"] < 0.5 * dense_bytes, grown
+
+
+def test_inspect_shows_what_load_sparsified_makes_of_each_tensor(tmp_path):
+    w = torch.zeros(1024, 1024)
+    w[:, ::20] = 1.0  # 95% sparse, 2^20 entries: CSR by the rule
+    path = tmp_path / "m.safetensors"
+    save_sparse({"big.weight": w, "big.bias": torch.ones(1024), "small.weight": torch.eye(10)}, path)
+    out = subprocess.run([sys.executable, "-m", "smoothprune", "inspect", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "load_sparsified_" in lines["tensor"]
+    assert lines["big.weight"].rstrip().endswith("csr (if Linear)")
+    assert lines["big.bias"].rstrip().endswith("dense") and lines["small.weight"].rstrip().endswith("dense")

@@ -141,6 +141,16 @@ def test_command_line_sweep_and_report(tmp_path):
     assert "| none | 2 |" in table and "| smooth_p2 | 2 |" in table and " ± " in table
     assert (sweep / "report.png").stat().st_size > 10_000
     assert "wrote" in proc.stdout
+    # the end of `make demo`: the sparsest exported model, dense vs sparse inference
+    proc = _cli(os.path.join(REPO, "recipes", "infer.py"), str(sweep), "--repeats", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2_smooth_p2_seed0/model.safetensors" in proc.stdout or "3_smooth_p2_seed1/model.safetensors" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 256 |")]
+    assert len(rows) == 2 and all(row.rstrip().endswith("| yes |") for row in rows)
+    assert "weights: dense" in proc.stdout
+    from smoothprune.recipes.infer import main as infer_main
+
+    assert infer_main([str(tmp_path / "empty")]) == 2
 
 
 def test_command_line_rejects_an_unknown_group_option(tmp_path):
