@@ -5,6 +5,7 @@ import doctest
 import pytest
 
 import smoothprune.export
+import smoothprune.inference
 import smoothprune.nn.loss
 import smoothprune.nn.router
 import smoothprune.ops.hard_topk
@@ -12,7 +13,7 @@ import smoothprune.ops.loss
 import smoothprune.ops.soft_topk
 import smoothprune.pruning
 
-MODULES = [smoothprune.export, smoothprune.nn.loss, smoothprune.nn.router, smoothprune.ops.hard_topk, smoothprune.ops.loss,
+MODULES = [smoothprune.export, smoothprune.inference, smoothprune.nn.loss, smoothprune.nn.router, smoothprune.ops.hard_topk, smoothprune.ops.loss,
            smoothprune.ops.soft_topk, smoothprune.pruning]
 
 
