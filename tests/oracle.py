@@ -206,7 +206,8 @@ def mp_threshold_oracle(x, k, lam, p, magnitude=False, debias=True, prec=2400, r
 
     with mpmath.workprec(prec):
         xs = [mpmath.mpf(float(v)) for v in np.asarray(x, dtype=np.float64)]
-        lam_m, p_m = mpmath.mpf(float(lam)), mpmath.mpf(float(p))
+        lam_m = lam if isinstance(lam, mpmath.mpf) else mpmath.mpf(float(lam))  # (an mpf may exceed float64)
+        p_m = mpmath.mpf(float(p))
         q1 = p_m / (p_m - 1) - 1
         s = [abs(v) for v in xs] if magnitude else xs
         n = len(s)
