@@ -34,11 +34,15 @@ __all__ = ["SparseLinear", "LayerChoice", "SparsifyReport", "csr_pays_off", "spa
            "weight_bytes"]
 
 CSR_DTYPES = (torch.float32, torch.float64)  # torch's CPU CSR product has no float16/bfloat16 kernel
+# Below this sparsity a layer is not even timed: CSR ran 1.7-5.6x slower than dense at 30% on
+# the 2-core CPU (2048x2048, batches 1-256), and a CSR copy of a dense weight is ~3x its bytes.
+MIN_TIMED_SPARSITY = 0.5
 
 
 def csr_pays_off(shape, sparsity: float, dtype=torch.float32, device="cpu") -> bool:
     """The rule `sparsify_` uses without example inputs: whether a ``shape`` weight at
-    ``sparsity`` runs at least as fast as CSR on the CPU at every batch size measured (1, 32, 256).
+    ``sparsity`` runs at least as fast as CSR as it does dense on the CPU, at every batch size
+    measured (1, 32, 256).
 
     Example:
         >>> csr_pays_off((4096, 4096), 0.9), csr_pays_off((256, 784), 0.9)
@@ -53,21 +57,35 @@ def csr_pays_off(shape, sparsity: float, dtype=torch.float32, device="cpu") -> b
     return (sparsity >= 0.9 and numel >= 2**20) or (sparsity >= 0.95 and numel >= 2**18)
 
 
+SPARSE_LAYOUTS = (torch.sparse_csr, torch.sparse_bsr)
+
+
 def _tensor_bytes(t: torch.Tensor) -> int:
-    if t.layout == torch.sparse_csr:
+    if t.layout in SPARSE_LAYOUTS:
         return sum(x.numel() * x.element_size() for x in (t.values(), t.col_indices(), t.crow_indices()))
     return t.numel() * t.element_size()
 
 
+def _unique_tensors(model):
+    seen = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            yield t
+
+
+def _dense_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model's tensors would take dense (a CSR weight counted at its dense shape)."""
+    total = 0
+    for t in _unique_tensors(model):
+        item = t.values().element_size() if t.layout in SPARSE_LAYOUTS else t.element_size()
+        total += torch.Size(t.shape).numel() * item
+    return total
+
+
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes held by the model's parameters and buffers (each tensor once; CSR: its three arrays)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = id(t)
-        if key not in seen:
-            seen.add(key)
-            total += _tensor_bytes(t)
-    return total
+    return sum(_tensor_bytes(t) for t in _unique_tensors(model))
 
 
 class SparseLinear(torch.nn.Module):
@@ -86,9 +104,9 @@ class SparseLinear(torch.nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        if not isinstance(weight, torch.Tensor) or weight.layout != torch.sparse_csr or weight.dim() != 2:
+        if not isinstance(weight, torch.Tensor) or weight.layout not in SPARSE_LAYOUTS or weight.dim() != 2:
             got = weight.layout if isinstance(weight, torch.Tensor) else type(weight).__name__
-            raise ValueError(f"SparseLinear: expected weight to be a 2-D sparse CSR tensor, got {got}")
+            raise ValueError(f"SparseLinear: expected weight to be a 2-D sparse CSR or BSR tensor, got {got}")
         if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
             raise ValueError(f"SparseLinear: expected bias of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
@@ -96,12 +114,21 @@ class SparseLinear(torch.nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach())
 
     @classmethod
-    def from_dense(cls, linear: torch.nn.Linear) -> "SparseLinear":
+    def from_dense(cls, linear: torch.nn.Linear, blocksize: tuple[int, int] | None = None) -> "SparseLinear":
+        """CSR, or BSR with ``blocksize`` tiles (whole R×C tiles stored: for block patterns)."""
+        w = linear.weight.detach()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-            csr = linear.weight.detach().to_sparse_csr()
-        csr = _with_int32_indices(csr)
-        return cls(csr, None if linear.bias is None else linear.bias.detach())
+            sparse = w.to_sparse_csr() if blocksize is None else w.to_sparse_bsr(tuple(blocksize))
+        return cls(_with_int32_indices(sparse), None if linear.bias is None else linear.bias.detach())
+
+    @property
+    def layout(self) -> str:
+        """"csr" or "bsr RxC"."""
+        if self.weight.layout == torch.sparse_csr:
+            return "csr"
+        rows, cols = self.weight.values().shape[-2:]
+        return f"bsr {rows}x{cols}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -120,8 +147,8 @@ class SparseLinear(torch.nn.Module):
     def __deepcopy__(self, memo):
         # torch cannot deepcopy a CSR tensor (it has no storage): copy its three arrays
         w = self.weight
-        copy = SparseLinear(_csr_tensor(w.crow_indices().clone(), w.col_indices().clone(), w.values().clone(),
-                                        w.shape), None if self.bias is None else self.bias.clone())
+        copy = SparseLinear(_sparse_tensor(w.layout, w.crow_indices().clone(), w.col_indices().clone(),
+                                           w.values().clone(), w.shape), None if self.bias is None else self.bias.clone())
         copy.train(self.training)
         memo[id(self)] = copy
         return copy
@@ -138,45 +165,70 @@ class SparseLinear(torch.nn.Module):
 
     @property
     def sparsity(self) -> float:
+        """The fraction of entries not stored (BSR stores whole tiles, zeros in them included)."""
         return 1.0 - self.weight.values().numel() / max(self.in_features * self.out_features, 1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # A CSR tensor cannot be copied into another of a different nnz: take the stored one.
-        key = prefix + "weight"
+        # A CSR tensor cannot be copied into another of a different nnz: the stored one is taken
+        # (with 32-bit indices, in this layer's dtype and device).
+        key, bias_key = prefix + "weight", prefix + "bias"
         if key in state_dict:
             w = state_dict[key]
-            if not isinstance(w, torch.Tensor) or w.layout != torch.sparse_csr or \
+            if not isinstance(w, torch.Tensor) or w.layout not in SPARSE_LAYOUTS or \
                     tuple(w.shape) != (self.out_features, self.in_features):
-                error_msgs.append(f"SparseLinear: expected {key} to be a CSR tensor of shape "
+                error_msgs.append(f"SparseLinear: expected {key} to be a CSR or BSR tensor of shape "
                                   f"({self.out_features}, {self.in_features}), got "
                                   f"{getattr(w, 'layout', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
             else:
-                self.weight = w
+                self.weight = _with_int32_indices(w.to(device=self.weight.device, dtype=self.weight.dtype))
         elif strict:
             missing_keys.append(key)
-        bias_key = prefix + "bias"
-        if self.bias is not None:
-            if bias_key in state_dict:
-                self.bias = state_dict[bias_key].detach().to(self.bias.dtype)
-            elif strict:
-                missing_keys.append(bias_key)
+        if self.bias is None:
+            if bias_key in state_dict and strict:
+                unexpected_keys.append(bias_key)
+        elif bias_key in state_dict:
+            b = state_dict[bias_key]
+            if not isinstance(b, torch.Tensor) or tuple(b.shape) != (self.out_features,):
+                error_msgs.append(f"SparseLinear: expected {bias_key} of shape ({self.out_features},), got "
+                                  f"{tuple(getattr(b, 'shape', ()))}")
+            else:
+                self.bias = b.detach().to(device=self.bias.device, dtype=self.bias.dtype)
+        elif strict:
+            missing_keys.append(bias_key)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"sparsity={self.sparsity:.4f}, layout=csr")
+                f"sparsity={self.sparsity:.4f}, layout={self.layout}")
 
 
-def _csr_tensor(crow, col, values, shape) -> torch.Tensor:
+def _sparse_tensor(layout, crow, col, values, shape) -> torch.Tensor:
+    make = torch.sparse_csr_tensor if layout == torch.sparse_csr else torch.sparse_bsr_tensor
     with warnings.catch_warnings():  # torch calls its CSR support "beta" on every construction
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(crow, col, values, size=tuple(shape), check_invariants=False)  # (valid)
+        return make(crow, col, values, size=tuple(shape), check_invariants=False)  # (valid: torch's own)
 
 
-def _with_int32_indices(csr: torch.Tensor) -> torch.Tensor:
-    if csr.values().numel() >= 2**31 or csr.shape[1] >= 2**31:
-        return csr
-    return _csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32), csr.values(), csr.shape)
+def _with_int32_indices(sparse: torch.Tensor) -> torch.Tensor:
+    if sparse.col_indices().numel() >= 2**31 or sparse.shape[1] >= 2**31 or sparse.col_indices().dtype == torch.int32:
+        return sparse
+    return _sparse_tensor(sparse.layout, sparse.crow_indices().to(torch.int32), sparse.col_indices().to(torch.int32),
+                          sparse.values(), sparse.shape)
+
+
+def block_pattern(weight: torch.Tensor, sizes=(32, 16, 8)) -> tuple[int, int] | None:
+    """The largest square tile size whose nonzero tiles are at least 90% filled while at least
+    10% of the tiles are zero (a block-pruned weight: `scope="block:RxC"`), else None."""
+    nnz = int((weight != 0).sum())
+    rows, cols = weight.shape
+    for size in sizes:
+        if rows % size or cols % size:
+            continue
+        tiles = (weight.reshape(rows // size, size, cols // size, size) != 0).any(dim=3).any(dim=1)
+        kept = int(tiles.sum())
+        if 0 < kept <= 0.9 * tiles.numel() and nnz >= 0.9 * kept * size * size:
+            return size, size
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,7 +239,7 @@ class LayerChoice:
     name: str
     shape: tuple
     sparsity: float
-    layout: str                   # "csr" or "dense"
+    layout: str                   # "csr", "bsr RxC" or "dense"
     reason: str = ""
     dense_ms: float | None = None  # measured (example_inputs only): summed over the examples
     sparse_ms: float | None = None
@@ -203,7 +255,7 @@ class SparsifyReport:
 
     @property
     def sparse_layers(self) -> list[str]:
-        return [c.name for c in self.layers if c.layout == "csr"]
+        return [c.name for c in self.layers if c.layout != "dense"]
 
     def __str__(self) -> str:
         rows = [("layer", "shape", "sparsity", "layout", "dense ms", "sparse ms", "bytes", "reason")]
@@ -244,7 +296,7 @@ def _linear_sites(model) -> dict[int, tuple[str, torch.nn.Linear, list]]:
     owners directly, so they stay): {id: (name, module, [(parent, attribute), ...])}."""
     sites = {}
     for parent_name, parent in model.named_modules(remove_duplicate=False):
-        for attr, child in parent.named_children():
+        for attr, child in parent._modules.items():  # (named_children() yields a shared child once)
             if type(child) is torch.nn.Linear:
                 name = f"{parent_name}.{attr}" if parent_name else attr
                 sites.setdefault(id(child), (name, child, []))[2].append((parent, attr))
@@ -252,11 +304,13 @@ def _linear_sites(model) -> dict[int, tuple[str, torch.nn.Linear, list]]:
 
 
 def _shared_tensors(model) -> set[int]:
-    """ids of tensors held under more than one name (tied weights)."""
-    counts = {}
-    for _, t in model.named_parameters(remove_duplicate=False):
-        counts[id(t)] = counts.get(id(t), 0) + 1
-    return {k for k, c in counts.items() if c > 1}
+    """ids of parameters owned by more than one module (tied weights; one module used in two
+    places is not a tie)."""
+    owners = {}
+    for module in model.modules():
+        for t in module.parameters(recurse=False):
+            owners.setdefault(id(t), set()).add(id(module))
+    return {key for key, mods in owners.items() if len(mods) > 1}
 
 
 def _examples(fn: str, example_inputs) -> list[tuple[tuple, dict]]:
@@ -279,23 +333,6 @@ def _examples(fn: str, example_inputs) -> list[tuple[tuple, dict]]:
     return out
 
 
-@torch.inference_mode()
-def _captured_inputs(model, modules: dict, examples) -> dict[int, list[list[torch.Tensor]]]:
-    """Per module id, per example, the inputs the module receives in one forward pass."""
-    seen = {key: [[] for _ in examples] for key in modules}
-    current = [0]
-    handles = [m.register_forward_pre_hook(lambda mod, args, key=key: seen[key][current[0]].append(args[0]))
-               for key, m in modules.items()]
-    try:
-        for i, (args, kwargs) in enumerate(examples):
-            current[0] = i
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -307,16 +344,43 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 @torch.inference_mode()
-def _time_layer(dense: torch.nn.Linear, sparse: SparseLinear, inputs: list[list[torch.Tensor]], repeats: int):
-    """(dense ms, sparse ms) summed over the calls of each example: one pair per example."""
-    out = []
-    for calls in inputs:
-        if not calls:
-            continue
-        d = sum(_median_ms(lambda x=x: F.linear(x, dense.weight, dense.bias), repeats) for x in calls)
-        s = sum(_median_ms(lambda x=x: sparse(x), repeats) for x in calls)
-        out.append((d, s))
-    return out
+def _time_in_place(model, layers: dict, examples, repeats: int) -> dict:
+    """{key: {form: [(dense ms, sparse ms) per example that calls the layer]}}: one forward pass
+    per example; each layer is timed dense and in each sparse form on the very input it
+    receives, inside a pre-hook, so no input is kept (a layer called several times sums its
+    calls).
+
+    ``layers``: {key: (the module in the model, {form: SparseLinear})}; the dense weight is the
+    module's own, or, for a SparseLinear in the model, made for the timing and dropped after."""
+    timings = {key: [None for _ in examples] for key in layers}
+    current = [0]
+
+    def hook(key):
+        module, forms = layers[key]
+
+        def time_all(_, args, kwargs):
+            x = args[0] if args else kwargs["input"]
+            weight = module.weight.to_dense() if isinstance(module, SparseLinear) else module.weight
+            bias = module.bias
+            slot = timings[key][current[0]] or {"dense": 0.0} | {form: 0.0 for form in forms}
+            slot["dense"] += _median_ms(lambda: F.linear(x, weight, bias), repeats)
+            for form, layer in forms.items():
+                slot[form] += _median_ms(lambda layer=layer: layer.forward(x), repeats)  # (.forward: no hooks)
+            timings[key][current[0]] = slot
+
+        return time_all
+
+    handles = [layers[key][0].register_forward_pre_hook(hook(key), with_kwargs=True) for key in layers]
+    try:
+        for i, (args, kwargs) in enumerate(examples):
+            current[0] = i
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {key: {form: [(slot["dense"], slot[form]) for slot in per_example if slot is not None]
+                  for form in layers[key][1]}
+            for key, per_example in timings.items()}
 
 
 def _unsupported(weight: torch.Tensor) -> str | None:
@@ -327,25 +391,33 @@ def _unsupported(weight: torch.Tensor) -> str | None:
     return None
 
 
-def _decide(choice: LayerChoice, timings, margin: float) -> bool:
-    """Whether the layer goes sparse, from its timings (or the rule when there are none); records
-    the times and the reason in ``choice``."""
+def _decide(choice: LayerChoice, timings, margin: float) -> str | None:
+    """The sparse form the layer takes (None: it stays dense), from its timings ({form:
+    [(dense ms, sparse ms) per example]}) or, when there are none, the rule; records the times
+    and the reason in ``choice``."""
     if timings is None:
         ok = csr_pays_off(choice.shape, choice.sparsity)
         choice.reason = "rule: " + ("sparse enough for its size" if ok else "too dense or too small to pay off")
-        return ok
-    if not timings:
+        return "csr" if ok else None
+    if not any(timings.values()):
         choice.reason = "not called by the example inputs"
-        return False
-    choice.dense_ms = sum(d for d, _ in timings)
-    choice.sparse_ms = sum(s for _, s in timings)
-    worst = min(d / s for d, s in timings)  # the smallest speed-up over the examples
-    ok = worst >= margin
-    if worst >= 1:
-        choice.reason = f"measured: sparse {worst:.2f}× faster" + ("" if ok else f", below the margin {margin:g}×")
+        return None
+    # each form's smallest speed-up over the examples; the form whose smallest is largest
+    worst = {form: min(d / s for d, s in pairs) for form, pairs in timings.items()}
+    form = max(worst, key=worst.get)
+    choice.dense_ms = sum(d for d, _ in timings[form])
+    choice.sparse_ms = sum(s for _, s in timings[form])
+    speedup = worst[form]
+    others = ", ".join(f"{f} {w:.2f}×" for f, w in worst.items() if f != form)
+    also = f" (best of its forms; {others})" if others else ""
+    if speedup >= margin:
+        choice.reason = f"measured: {form} {speedup:.2f}× faster{also}"
+        return form
+    if speedup >= 1:
+        choice.reason = f"measured: {form} {speedup:.2f}× faster, below the margin {margin:g}×{also}"
     else:
-        choice.reason = f"measured: sparse {1 / worst:.2f}× slower"
-    return ok
+        choice.reason = f"measured: sparse {1 / speedup:.2f}× slower ({form}){also}"
+    return None
 
 
 def _layer_bytes(layer: torch.nn.Module) -> int:
@@ -391,34 +463,49 @@ def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.
     _check_ready(fn, model)
     _check_margin(fn, margin, repeats)
     examples = None if example_inputs is None else _examples(fn, example_inputs)
-    before = weight_bytes(model)
+    before = _dense_bytes(model)
     sites = _linear_sites(model)
     shared = _shared_tensors(model)
     candidates, choices = {}, []
     for key, (name, module, _) in sites.items():
         w = module.weight
         nnz = int((w != 0).sum())
-        dense_bytes = _tensor_bytes(w) + (0 if module.bias is None else _tensor_bytes(module.bias))
-        choice = LayerChoice(name, tuple(w.shape), 1.0 - nnz / max(w.numel(), 1), "dense", "", None, None,
-                             dense_bytes, dense_bytes)
+        dense_bytes = _layer_bytes(module)
+        choice = LayerChoice(name, tuple(w.shape), 1.0 - nnz / w.numel() if w.numel() else 0.0, "dense", "",
+                             None, None, dense_bytes, dense_bytes)
         choices.append(choice)
         why = _unsupported(w)
         if parametrize.is_parametrized(module):
             why = "parametrized (torch.nn.utils.parametrize)"
         elif id(w) in shared:
             why = "tied to another module's tensor"
+        elif w.numel() == 0:
+            why = "empty"
+        elif examples is not None and choice.sparsity < MIN_TIMED_SPARSITY:
+            why = f"less than {MIN_TIMED_SPARSITY:.0%} sparse (not timed: CSR is slower there)"
+        elif examples is None and _decide(choice, None, margin) is None:
+            why = choice.reason
         if why:
             choice.reason = why
         else:
             candidates[key] = choice
-    inputs = _captured_inputs(model, {k: sites[k][1] for k in candidates}, examples) if examples else {}
-    for key, choice in candidates.items():
+    # Sparse copies only of the layers that go sparse by the rule or are timed: CSR, and BSR
+    # too for a block pattern when timing (BSR won at batch 1 and lost at batch 32 on the CPU).
+    forms = {}
+    for key in candidates:
         module = sites[key][1]
-        sparse = SparseLinear.from_dense(module)
-        timings = _time_layer(module, sparse, inputs[key], repeats) if examples else None
-        if _decide(choice, timings, margin):
-            choice.layout, choice.bytes = "csr", _layer_bytes(sparse)
-            _replace(sites[key][2], sparse)
+        forms[key] = {"csr": SparseLinear.from_dense(module)}
+        block = block_pattern(module.weight.detach()) if examples is not None else None
+        if block is not None:
+            bsr = SparseLinear.from_dense(module, blocksize=block)
+            forms[key][bsr.layout] = bsr
+    timings = _time_in_place(model, {key: (sites[key][1], forms[key]) for key in candidates}, examples,
+                             repeats) if examples is not None else {}
+    for key, choice in candidates.items():
+        form = "csr" if examples is None else _decide(choice, timings[key], margin)
+        if form is not None:
+            choice.layout, choice.bytes = form, _layer_bytes(forms[key][form])
+            _replace(sites[key][2], forms[key][form])
     return SparsifyReport(choices, before, weight_bytes(model))
 
 
@@ -475,7 +562,9 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
             choice.reason = "stored dense (not sparse enough)"
         elif shape != (module.out_features, module.in_features):
             choice.reason = "shape differs from the model's"
-        elif examples is not None or _decide(choice, None, margin):
+        elif not module.weight.is_meta and module.weight.dtype != dtype:
+            choice.reason = f"the model holds {str(module.weight.dtype).replace('torch.', '')}, the file {e['dtype']}"
+        elif examples is not None or _decide(choice, None, margin) is not None:
             planned[f"{name}.weight"] = key
     state = read_tensors(path, as_csr=lambda name, e: name in planned)
     sparse_layers = {}
@@ -486,7 +575,10 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
             raise ValueError(f"{fn}: {path} has no tensor {name}.bias for the model's {name}")
         sparse_layers[key] = SparseLinear(state[weight_key], bias)
         _replace(where, sparse_layers[key])
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    # A model on the meta device takes the file's tensors as they are; any other is copied into
+    # (its devices and dtypes stay).
+    on_meta_before = any(t.is_meta for t in expected.values())
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=on_meta_before)
     if missing or unexpected:
         raise ValueError(f"{fn}: {path} does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
@@ -494,21 +586,18 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
     if on_meta:
         raise ValueError(f"{fn}: {on_meta[:5]} are still on the meta device: {path} does not hold them "
                          "(non-persistent buffers are not saved: create them after loading)")
-    inputs = _captured_inputs(model, sparse_layers, examples) if examples is not None and sparse_layers else {}
+    if examples is not None and sparse_layers:  # (CSR only: the file's encoding has no tiles)
+        timings = _time_in_place(model, {key: (layer, {"csr": layer}) for key, layer in sparse_layers.items()},
+                                 examples, repeats)
     for key, layer in sparse_layers.items():
         choice = choices[key]
         choice.layout = "csr"
-        if examples is not None:
-            dense = layer.to_dense()  # one layer's dense weight at a time
-            if not _decide(choice, _time_layer(dense, layer, inputs[key], repeats), margin):
-                choice.layout = "dense"
-                _replace(sites[key][2], dense)
+        if examples is not None and _decide(choice, timings[key], margin) is None:
+            choice.layout = "dense"
+            _replace(sites[key][2], layer.to_dense())
     for key, choice in choices.items():
-        numel_bytes = torch.Size(choice.shape).numel() * getattr(torch, entries[f"{choice.name}.weight"]["dtype"]).itemsize
-        bias = entries.get(f"{choice.name}.bias")
-        bias_bytes = 0 if bias is None else torch.Size(bias["shape"]).numel() * getattr(torch, bias["dtype"]).itemsize
-        choice.dense_bytes = numel_bytes + bias_bytes
+        e, bias = entries[f"{choice.name}.weight"], entries.get(f"{choice.name}.bias")
+        choice.dense_bytes = torch.Size(e["shape"]).numel() * getattr(torch, e["dtype"]).itemsize + (
+            0 if bias is None else torch.Size(bias["shape"]).numel() * getattr(torch, bias["dtype"]).itemsize)
         choice.bytes = _layer_bytes(sparse_layers[key]) if choice.layout == "csr" else choice.dense_bytes
-    dense_total = sum(torch.Size(e["shape"]).numel() * getattr(torch, e["dtype"]).itemsize
-                      for e in entries.values() if e["encoding"] != "alias")
-    return SparsifyReport(list(choices.values()), dense_total, weight_bytes(model))
+    return SparsifyReport(list(choices.values()), _dense_bytes(model), weight_bytes(model))

@@ -37,18 +37,24 @@ PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Co
 # argument checks
 # ------------------------------------------------------------------------------------------------
 def parse_scope(fn: str, scope) -> tuple[str, int | None, int | None]:
-    """Returns (scope, N, M); "nm" is "2:4"."""
+    """Returns (scope, N, M); "nm" is "2:4"; for "block:RxC", ("block", R, C)."""
     if scope == "nm":
         return "nm", 2, 4
     if isinstance(scope, str):
         match = re.fullmatch(r"(\d+):(\d+)", scope)
+        block = re.fullmatch(r"block:(\d+)x(\d+)", scope)
         if match:
             n, m = int(match.group(1)), int(match.group(2))
             if 0 < n <= m:
                 return "nm", n, m
+        elif block:
+            rows, cols = int(block.group(1)), int(block.group(2))
+            if rows > 0 and cols > 0:
+                return "block", rows, cols
         elif scope in SCOPES:
             return scope, None, None
-    raise ValueError(f"{fn}: expected scope in {SCOPES} or an 'N:M' string with 0 < N <= M, got {scope!r}")
+    raise ValueError(f"{fn}: expected scope in {SCOPES}, an 'N:M' string with 0 < N <= M or a 'block:RxC' "
+                     f"string with R, C > 0, got {scope!r}")
 
 
 def check_sparsity(fn: str, sparsity) -> float:
@@ -223,7 +229,10 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         method: ``"smooth"``, ``"hard"`` or ``"ste"`` (hard forward, smooth backward).
         targets: which tensors (see :func:`resolve_targets`); default every Linear/Conv weight.
         exclude: names or ``"re:"`` patterns to leave out.
-        scope: ``"layer"``, ``"global"``, ``"row"``, ``"nm"`` (2:4) or ``"N:M"``.
+        scope: ``"layer"``, ``"global"``, ``"row"``, ``"nm"`` (2:4), ``"N:M"``, or ``"block:RxC"``
+            (2-D weights: the smooth top-k in magnitude over the norms of their R×C tiles, each
+            tile scaled by its kept factor; hardened, whole tiles are zero; ``sparsity`` is then
+            the fraction of tiles pruned).
         algorithm, num_iter, debias: passed to :func:`smoothprune.soft_topk_mag`.
         relative_lam: for ``p != 2``, scale lam by ``rms(W')^(2 - p)`` per tensor, so that it
             means the same at every weight scale (for ``p = 2`` lam is relative already).
@@ -279,13 +288,14 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
                                  f"so its hardened weight could not be stored; exclude it or remove the parametrization")
     groups = [_group_size(fn, qualified, tuple(getattr(module, name).shape), scope, n_keep, m_group)
               for qualified, module, name in chosen]  # every check before any change to the model
-    label = f"{n_keep}:{m_group}" if scope == "nm" else scope
+    label = f"{n_keep}:{m_group}" if scope == "nm" else f"block:{n_keep}x{m_group}" if scope == "block" else scope
+    block = (n_keep, m_group) if scope == "block" else None
     tied = _by_storage(_model_tensors(model))
     for (_, module, name), group in zip(chosen, groups):
         tensor = latent(module, name)
         spec = PARAMETRIZATIONS[method](tensor.shape, group, sparsity, lam, p, label,
                                         algorithm=algorithm, num_iter=num_iter, debias=debias,
-                                        relative_lam=relative_lam).to(tensor.device)
+                                        relative_lam=relative_lam, block=block).to(tensor.device)
         for _, holder, holder_name in tied[_storage_key(module, name)]:
             attach_(holder, holder_name, spec)
     if scope == "global":
@@ -303,6 +313,11 @@ def _group_size(fn, qualified, shape, scope, n_keep, m_group) -> int:
             raise ValueError(f"{fn}: expected rows whose size is a multiple of M={m_group} for scope "
                              f"'{n_keep}:{m_group}', got {qualified!r} of shape {shape}")
         return m_group
+    if scope == "block":  # n_keep x m_group tiles
+        if len(shape) != 2 or shape[0] % n_keep or shape[1] % m_group:
+            raise ValueError(f"{fn}: expected 2-D tensors whose dims are multiples of the block for scope "
+                             f"'block:{n_keep}x{m_group}', got {qualified!r} of shape {shape}")
+        return max((shape[0] // n_keep) * (shape[1] // m_group), 1)
     return max(numel, 1)
 
 

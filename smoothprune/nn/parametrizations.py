@@ -3,7 +3,10 @@ attached to the user's module by `smoothprune.nn.pruned`).
 
 Every scope reduces to the same computation: view the tensor as groups of ``group_size``
 consecutive entries (the whole tensor for "layer" and "global", one output row for "row", ``M``
-entries for "N:M") and keep ``k`` entries of each group. ``k``, ``lam`` and the target
+entries for "N:M") and keep ``k`` entries of each group. The block scope ("block:RxC") runs it
+on the norms of the weight's R×C tiles (one group of all of them) and scales each tile by its
+kept factor, the operator's output over the tile's norm: 1 for kept tiles, 0 for pruned ones,
+in between only inside the smooth operator's pooled window; hardened, whole tiles are zero. ``k``, ``lam`` and the target
 ``sparsity`` live in buffers that are updated in place (`set_sparsity`, `set_lam`), so changing
 them never rebuilds a module or recompiles a compiled model; the buffers travel with the
 model's state_dict, which is what makes checkpoints resumable and exportable.
@@ -21,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from smoothprune.ops.hard_topk import hard_topk_mag
+from smoothprune.ops.hard_topk import hard_topk_mag, hard_topk_mask
 from smoothprune.ops.soft_topk import soft_topk_last_dim, soft_topk_mag
 
 METHODS = ("smooth", "hard", "ste")
@@ -51,18 +54,29 @@ class TopKMagParametrization(torch.nn.Module):
         sparsity: initial target sparsity in ``[0, 1]``.
         lam: regularization strength ``> 0`` of the smooth operator.
         p: regularization exponent ``> 1``.
-        scope: a label kept for reports (``"layer"``, ``"global"``, ``"row"``, ``"N:M"``).
+        scope: a label kept for reports (``"layer"``, ``"global"``, ``"row"``, ``"N:M"``,
+            ``"block:RxC"``).
         algorithm, num_iter, debias: passed to :func:`smoothprune.soft_topk_mag`.
+        block: ``(R, C)`` for the block scope: the top-k runs over the norms of the 2-D
+            tensor's R×C tiles (``group_size`` is then their number).
     """
 
     method = "base"
 
     def __init__(self, shape, group_size: int, sparsity: float, lam: float, p: float, scope: str,
-                 algorithm: str = "auto", num_iter=None, debias: bool = True, relative_lam: bool = False):
+                 algorithm: str = "auto", num_iter=None, debias: bool = True, relative_lam: bool = False,
+                 block: tuple[int, int] | None = None):
         super().__init__()
         numel = 1
         for s in shape:
             numel *= int(s)
+        self.block = None if block is None else (int(block[0]), int(block[1]))
+        if self.block is not None:
+            rows, cols = self.block
+            if len(shape) != 2 or rows < 1 or cols < 1 or shape[0] % rows or shape[1] % cols:
+                raise ValueError(f"{type(self).__name__}: expected a 2-D tensor whose dims are multiples of the "
+                                 f"block {rows}x{cols}, got shape {tuple(shape)}")
+            numel = (shape[0] // rows) * (shape[1] // cols)  # the top-k runs over the tiles' norms
         if group_size < 1 or numel % group_size:
             raise ValueError(
                 f"{type(self).__name__}: expected a group size that divides the {numel} entries of a "
@@ -123,7 +137,27 @@ class TopKMagParametrization(torch.nn.Module):
             self._host_key = key
         return self._host
 
+    # -- the block scope: the top-k of the tiles' norms, each tile scaled by its kept factor -----
+    def _tiles(self, w: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.block
+        return w.reshape(w.shape[0] // rows, rows, w.shape[1] // cols, cols)
+
+    def tile_norms(self, w: torch.Tensor) -> torch.Tensor:
+        """The Frobenius norms of the R×C tiles, as one row (floored at 1e-30 in the square, so
+        that an all-zero tile has a finite gradient)."""
+        return self._tiles(w).square().sum(dim=(1, 3)).clamp_min(1e-30).sqrt().reshape(1, -1)
+
+    def _scale_tiles(self, w: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        tiles = self._tiles(w)
+        return (tiles * factor.reshape(tiles.shape[0], 1, tiles.shape[2], 1)).reshape(w.shape)
+
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
+        if self.block is None:
+            return self._smooth_groups(w)
+        norms = self.tile_norms(w)
+        return self._scale_tiles(w, self._smooth_groups(norms) / norms)
+
+    def _smooth_groups(self, w: torch.Tensor) -> torch.Tensor:
         grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
         rows = w if grouped else w.reshape(-1, self.group_size)
         buffers = self._buffers  # direct dict access: this runs for every weight at every step
@@ -147,7 +181,11 @@ class TopKMagParametrization(torch.nn.Module):
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
         host = self._host_scalars()
-        return hard_topk_groups(w, self.group_size, self.k if host is None else host.k)
+        k = self.k if host is None else host.k
+        if self.block is None:
+            return hard_topk_groups(w, self.group_size, k)
+        kept = hard_topk_mask(self.tile_norms(w.detach()), k)  # exactly k tiles, ties broken by topk
+        return self._scale_tiles(w, kept.to(w.dtype))
 
     def weight(self, w: torch.Tensor, training: bool) -> torch.Tensor:
         """The weight a module reads: this method's operator while training, the hardened weight

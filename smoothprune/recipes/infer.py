@@ -2,7 +2,7 @@
 
     python recipes/infer.py multirun/mlp_prune/<date>
 
-Takes the sweep's first run whose file is the sparsest, rebuilds its model from the run's own
+Takes the sweep's run whose file is the sparsest (ties: the last by path), rebuilds its model from the run's own
 Hydra config on the meta device, loads the file twice — densely (`load_sparse`) and for sparse
 inference (`load_sparsified_`, each layer timed on example batches) — and prints the median
 forward time at batch 1, 32 and 256 and the weights' bytes of both.

@@ -23,7 +23,7 @@ def _trainer(L, callbacks, **kw):
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-@pytest.mark.parametrize("scope", ["layer", "global", "row", "2:4"])
+@pytest.mark.parametrize("scope", ["layer", "global", "row", "2:4", "block:4x4"])
 def test_one_line_adds_pruning_to_an_existing_training(flavour, scope, tmp_path):
     L = FLAVOURS[flavour]
     torch.manual_seed(0)
@@ -42,6 +42,12 @@ def test_one_line_adds_pruning_to_an_existing_training(flavour, scope, tmp_path)
         assert kept == sum(round((1 - final) * w.numel()) for w in weights) if scope == "layer" else kept == round(0.2 * total)
     elif scope == "row":
         assert all(int((r != 0).sum()) == round(0.2 * r.numel()) for w in weights for r in w)
+    elif scope == "block:4x4":  # whole 4×4 tiles, 20% of each tensor's
+        for w in weights:
+            tiles = w.reshape(w.shape[0] // 4, 4, w.shape[1] // 4, 4).permute(0, 2, 1, 3).reshape(-1, 16)
+            nonzero = (tiles != 0).any(1)
+            assert int(nonzero.sum()) == round(0.2 * tiles.shape[0])
+            assert bool((tiles[nonzero] != 0).all())  # kept tiles are whole
     else:
         assert all(torch.all((w.reshape(-1, 4) != 0).sum(1) == 2) for w in weights)
     # the pruned model still learned the task (accuracy measured after hardening)

@@ -98,12 +98,12 @@ def test_short_rows_at_any_p_and_extreme_values_match_the_oracle(problem, magnit
 @FUZZ
 @given(problems(), st.booleans(), st.integers(0, 2**16))
 def test_long_rows_at_any_p_and_extreme_values_match_the_oracle(problem, magnitude, seed):
-    """The same problems inside rows of 4,096+ entries (one CUDA block per row): the fuzz row
+    """The same problems inside rows of 2,100+ entries (one CUDA block per row): the fuzz row
     plus filler entries that are pruned whatever the solution (below every key by more than lam
     for the mask, zeros for the magnitude), scattered at random. The filler changes neither the
     threshold nor the fuzz row's outputs, so the short row's oracle holds for the long row."""
     x, k, p, lam = problem
-    fill = 4096
+    fill = 2100 if seed % 2 else 4096  # long rows sorted by torch's sort, and by cub's radix sort
     if magnitude:
         filler = 0.0
     else:
