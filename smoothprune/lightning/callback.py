@@ -143,7 +143,8 @@ class SmoothPruningImpl:
             toward the hard operator).
         p: regularization exponent > 1 (2 or 4/3 in the paper).
         method: ``"smooth"``, ``"hard"`` (gradual magnitude pruning) or ``"ste"``.
-        scope: ``"layer"``, ``"global"``, ``"row"``, ``"nm"`` (2:4) or ``"N:M"``.
+        scope: ``"layer"``, ``"global"``, ``"row"``, ``"nm"`` (2:4), ``"N:M"`` or ``"block:RxC"`` (whole
+            R×C tiles of 2-D weights; see `smoothprune.prune_`).
         ramp: for a float ``sparsity``: ``(begin, end)`` fractions of the training length
             (``trainer.estimated_stepping_batches``, or ``max_epochs`` for ``interval="epoch"``)
             over which a cubic schedule ramps the sparsity from 0 to its target; ``None`` prunes

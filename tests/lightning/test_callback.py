@@ -162,12 +162,12 @@ def test_epoch_interval():
     assert float(pruned_tensors(model)[0][1].sparsity) == pytest.approx(0.45)  # epoch 1 of 0..2
 
 
-def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False, stop_after=None):
+def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False, stop_after=None, scope="global"):
     torch.manual_seed(seed)
     model = make_module_class(L)()
     cb = SmoothPruning(schedules.Cubic(init=0.0, final=0.85, begin=0, end=30, frequency=3),
                        lam=schedules.Exponential(start=1e-2, final=1e-4, begin=0, end=30), p=4 / 3,
-                       scope="global", make_pruning_permanent=False)
+                       scope=scope, make_pruning_permanent=False)
     callbacks = [cb]
     if save:
         callbacks.append(L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True))
@@ -183,13 +183,15 @@ def _fit(L, tmp_path, max_epochs, seed, ckpt_path=None, save=False, stop_after=N
     return model, cb
 
 
-def test_resume_mid_schedule_reaches_the_same_weights(tmp_path):
+@pytest.mark.parametrize("scope", ["global", "block:4x4"])
+def test_resume_mid_schedule_reaches_the_same_weights(tmp_path, scope):
     L = lightning.pytorch
-    full, cb_full = _fit(L, tmp_path / "a", max_epochs=5, seed=0)
-    _, cb_half = _fit(L, tmp_path / "b", max_epochs=5, seed=0, save=True, stop_after=2)  # stops at step 16 of 30
+    full, cb_full = _fit(L, tmp_path / "a", max_epochs=5, seed=0, scope=scope)
+    _, cb_half = _fit(L, tmp_path / "b", max_epochs=5, seed=0, save=True, stop_after=2, scope=scope)  # step 16 of 30
     saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)
     assert 0 < saved["smoothprune"]["sparsity"] < 0.85  # mid-schedule (the run itself then ended at the target)
-    resumed, cb_resumed = _fit(L, tmp_path / "c", max_epochs=5, seed=99, ckpt_path=tmp_path / "b" / "last.ckpt")
+    resumed, cb_resumed = _fit(L, tmp_path / "c", max_epochs=5, seed=99, ckpt_path=tmp_path / "b" / "last.ckpt",
+                               scope=scope)
     assert cb_resumed.state_dict() == cb_full.state_dict()
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
@@ -221,7 +223,7 @@ BAD = [
     (dict(lam=0.0), "SmoothPruning: expected lam values > 0"),
     (dict(p=0.5), "SmoothPruning: expected p to be a finite float > 1, got p=0.5"),
     (dict(method="prune"), "SmoothPruning: expected method in ('smooth', 'hard', 'ste'), got method='prune'"),
-    (dict(scope="tile"), "SmoothPruning: expected scope in ('layer', 'global', 'row', 'nm') or an 'N:M' string"),
+    (dict(scope="tile"), "SmoothPruning: expected scope in ('layer', 'global', 'row', 'nm'), an 'N:M' string with 0 < N <= M or a 'block:RxC' string"),
     (dict(scope="2:4", sparsity=0.9), "SmoothPruning: expected the sparsity schedule to end at 0.5 for scope '2:4'"),
     (dict(interval="batch"), "SmoothPruning: expected interval in ('step', 'epoch'), got interval='batch'"),
     (dict(frequency=0), "SmoothPruning: expected frequency to be an int >= 1, got frequency=0"),
