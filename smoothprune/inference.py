@@ -7,9 +7,9 @@ matrix with 32-bit indices (values + column indices + row offsets: 0.2 of the de
 sparsity) and its product is torch's sparse-dense kernel (``torch.sparse.mm``). Whether that is
 faster depends on the shape, the sparsity and the batch, so each layer is chosen on its own:
 
-* with ``example_inputs``, by timing both forms on the inputs the layer really receives (captured
-  by one forward pass); a layer goes sparse only where it is at least ``margin`` times faster on
-  every example;
+* with ``example_inputs``, by timing the forms on the inputs the layer really receives (inside
+  hooks of one forward pass per example); a layer goes sparse only where it is at least
+  ``margin`` times faster on every example; a block-pruned weight is timed as BSR too;
 * without, by `csr_pays_off`, a rule fitted to measurements on a 2-core CPU (README, "Sparse
   inference"): float32/float64 on the CPU, at least 90% sparse with 2^20 entries or more, or at
   least 95% sparse with 2^18 or more. Below those, some batch sizes run slower sparse.
