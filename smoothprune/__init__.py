@@ -5,7 +5,7 @@ Importing this package loads the native operators; it loads neither Lightning no
 
 from smoothprune import _native, schedules
 from smoothprune.export import load_sparse, save_sparse
-from smoothprune.inference import SparseLinear, load_sparsified_, sparsify_
+from smoothprune.inference import SparseLinear, load_sparsified_, sparsify_, sparsify_semi_structured_
 from smoothprune.nn import SoftTopKLoss
 from smoothprune.ops import (
     hard_topk_mag,
@@ -34,6 +34,7 @@ __all__ = [
     "save_sparse",
     "load_sparse",
     "sparsify_",
+    "sparsify_semi_structured_",
     "load_sparsified_",
     "SparseLinear",
     "schedules",

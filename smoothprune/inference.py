@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 __all__ = ["SparseLinear", "LayerChoice", "SparsifyReport", "csr_pays_off", "sparsify_", "load_sparsified_",
-           "weight_bytes"]
+           "sparsify_semi_structured_", "block_pattern", "weight_bytes"]
 
 CSR_DTYPES = (torch.float32, torch.float64)  # torch's CPU CSR product has no float16/bfloat16 kernel
 # Below this sparsity a layer is not even timed: CSR ran 1.7-5.6x slower than dense at 30% on
@@ -601,3 +601,56 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
             0 if bias is None else torch.Size(bias["shape"]).numel() * getattr(torch, bias["dtype"]).itemsize)
         choice.bytes = _layer_bytes(sparse_layers[key]) if choice.layout == "csr" else choice.dense_bytes
     return SparsifyReport(list(choices.values()), _dense_bytes(model), weight_bytes(model))
+
+
+# ------------------------------------------------------------------------------------------------
+# 2:4 semi-structured (sparse tensor cores, CUDA)
+# ------------------------------------------------------------------------------------------------
+SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _is_two_four(weight: torch.Tensor) -> bool:
+    """At most 2 nonzeros in every group of 4 consecutive entries of each row."""
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return False
+    return bool(((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+def sparsify_semi_structured_(model: torch.nn.Module) -> list[str]:
+    """Converts, in place, the hardened plain ``nn.Linear`` weights of ``model`` that hold a 2:4
+    pattern (`scope="2:4"` pruning) to torch's semi-structured sparse layout
+    (``torch.sparse.to_sparse_semi_structured``), which sparse tensor cores multiply: CUDA GPUs
+    of compute capability 8.0 or newer, float16/bfloat16 weights. Layers without a 2:4 pattern
+    are left alone. Untested on a GPU here (none was lent): the checks below run everywhere.
+
+    Returns:
+        The names of the converted layers.
+
+    Raises:
+        ValueError: a model being pruned or in training mode; no layer with a 2:4 pattern; a 2:4
+            layer that is not on such a GPU or not in float16/bfloat16 (named, with its device
+            and dtype).
+    """
+    fn = "sparsify_semi_structured_"
+    _check_ready(fn, model)
+    layers = [(name, module, where) for name, module, where in _linear_sites(model).values()
+              if _is_two_four(module.weight.detach())]
+    if not layers:
+        raise ValueError(f"{fn}: expected Linear weights with a 2:4 pattern (prune with scope='2:4'), got none")
+    for name, module, _ in layers:
+        w = module.weight
+        if w.device.type != "cuda":
+            raise ValueError(f"{fn}: expected 2:4 layers on a CUDA GPU (sparse tensor cores), got {name!r} on "
+                             f"{w.device}")
+        if w.dtype not in SEMI_STRUCTURED_DTYPES:
+            raise ValueError(f"{fn}: expected float16 or bfloat16 weights for 2:4, got {name!r} in "
+                             f"{str(w.dtype).replace('torch.', '')}")
+        major, minor = torch.cuda.get_device_capability(w.device)
+        if major < 8:
+            raise ValueError(f"{fn}: expected a GPU of compute capability 8.0 or newer for 2:4, got "
+                             f"{major}.{minor} for {name!r}")
+    from torch.sparse import to_sparse_semi_structured
+
+    for name, module, _ in layers:
+        module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+    return [name for name, _, _ in layers]

@@ -401,3 +401,40 @@ def test_inspect_shows_what_load_sparsified_makes_of_each_tensor(tmp_path):
     assert "load_sparsified_" in lines["tensor"]
     assert lines["big.weight"].rstrip().endswith("csr (if Linear)")
     assert lines["big.bias"].rstrip().endswith("dense") and lines["small.weight"].rstrip().endswith("dense")
+
+
+# ------------------------------------------------------------------------------------------------
+# 2:4 semi-structured (CUDA): the checks that run without a GPU, and the conversion on one
+# ------------------------------------------------------------------------------------------------
+def _two_four_model(dtype=torch.float32):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    sp.prune_(model, scope="2:4", targets=["0.weight"])
+    sp.harden_(model)
+    return model.to(dtype).eval()
+
+
+def test_semi_structured_refuses_what_sparse_tensor_cores_cannot_run():
+    with pytest.raises(ValueError, match=r"expected 2:4 layers on a CUDA GPU .* got '0' on cpu"):
+        sp.sparsify_semi_structured_(_two_four_model())
+    with pytest.raises(ValueError, match="with a 2:4 pattern .* got none"):
+        sp.sparsify_semi_structured_(torch.nn.Sequential(_sparse_linear(64, 64, 0.1)).eval())
+    with pytest.raises(ValueError, match="still being pruned"):
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+        sp.prune_(model, scope="2:4")
+        sp.sparsify_semi_structured_(model.eval())
+
+
+@pytest.mark.cuda
+def test_semi_structured_on_cuda_keeps_the_outputs():
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("2:4 needs compute capability 8.0+")
+    model = _two_four_model(torch.float16).cuda()
+    with pytest.raises(ValueError, match="float16 or bfloat16 weights for 2:4, got '0' in float32"):
+        sp.sparsify_semi_structured_(_two_four_model().cuda())
+    x = torch.randn(64, 128, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        want = model(x)
+    assert sp.sparsify_semi_structured_(model) == ["0"]
+    with torch.inference_mode():
+        assert torch.allclose(model(x), want, atol=1e-2, rtol=1e-2)
