@@ -14,6 +14,8 @@ faster depends on the shape, the sparsity and the batch, so each layer is chosen
   inference"): float32/float64 on the CPU, at least 90% sparse with 2^20 entries or more, or at
   least 95% sparse with 2^18 or more. Below those, some batch sizes run slower sparse.
 
+Pointwise (1×1) convolutions become `SparsePointwiseConv2d` where timing says so.
+
 `load_sparsified_` builds the sparse model straight from a `save_sparse` file: the chosen
 weights are decoded into CSR without a dense copy, so a model built on the meta device never
 holds its dense weights.
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-__all__ = ["SparseLinear", "LayerChoice", "SparsifyReport", "csr_pays_off", "sparsify_", "load_sparsified_",
+__all__ = ["SparseLinear", "SparsePointwiseConv2d", "LayerChoice", "SparsifyReport", "csr_pays_off", "sparsify_", "load_sparsified_",
            "sparsify_semi_structured_", "block_pattern", "weight_bytes"]
 
 CSR_DTYPES = (torch.float32, torch.float64)  # torch's CPU CSR product has no float16/bfloat16 kernel
@@ -117,6 +119,7 @@ class SparseLinear(torch.nn.Module):
     def from_dense(cls, linear: torch.nn.Linear, blocksize: tuple[int, int] | None = None) -> "SparseLinear":
         """CSR, or BSR with ``blocksize`` tiles (whole R×C tiles stored: for block patterns)."""
         w = linear.weight.detach()
+        w = w.reshape(w.shape[0], -1)  # (a pointwise convolution's (out, in, 1, 1) weight)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
             sparse = w.to_sparse_csr() if blocksize is None else w.to_sparse_bsr(tuple(blocksize))
@@ -200,6 +203,65 @@ class SparseLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"sparsity={self.sparsity:.4f}, layout={self.layout}")
+
+
+class SparsePointwiseConv2d(SparseLinear):
+    """A pointwise ``nn.Conv2d`` (1×1 kernel, stride 1, no padding, one group) as a sparse
+    matrix over the channels: ``y[n, :, h, w] = W x[n, :, h, w] + b`` (inference only).
+
+    Example:
+        >>> import torch
+        >>> conv = torch.nn.Conv2d(64, 32, 1)
+        >>> with torch.no_grad():
+        ...     conv.weight[torch.rand(32, 64, 1, 1) < 0.9] = 0
+        >>> sparse = SparsePointwiseConv2d.from_dense(conv)
+        >>> x = torch.randn(2, 64, 5, 5)
+        >>> torch.allclose(sparse(x), conv(x), atol=1e-6)
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_features:
+            raise ValueError(f"SparsePointwiseConv2d: expected input of shape (N, {self.in_features}, H, W), got "
+                             f"{tuple(x.shape)}")
+        n, _, h, w = x.shape
+        y = super().forward(x.permute(0, 2, 3, 1))  # (N, H, W, out)
+        return y.permute(0, 3, 1, 2).reshape(n, self.out_features, h, w)
+
+    def to_dense(self) -> torch.nn.Conv2d:
+        """The equivalent ``nn.Conv2d``."""
+        conv = torch.nn.Conv2d(self.in_features, self.out_features, 1, bias=self.bias is not None,
+                               device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight.to_dense().reshape(conv.weight.shape))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def __deepcopy__(self, memo):
+        copy = super().__deepcopy__(memo)
+        pointwise = SparsePointwiseConv2d(copy.weight, copy.bias)
+        pointwise.train(self.training)
+        memo[id(self)] = pointwise
+        return pointwise
+
+
+def _is_pointwise(module: torch.nn.Module) -> bool:
+    return (type(module) is torch.nn.Conv2d and module.kernel_size == (1, 1) and module.stride == (1, 1)
+            and module.padding in ((0, 0), "valid") and module.dilation == (1, 1) and module.groups == 1
+            and module.padding_mode == "zeros")
+
+
+def _sparse_of(module, blocksize=None) -> SparseLinear:
+    return (SparsePointwiseConv2d if _is_pointwise(module) else SparseLinear).from_dense(module, blocksize)
+
+
+def _dense_call(module, weight):
+    """The dense layer's own computation, for timing (``weight`` of the module's own shape)."""
+    if isinstance(module, torch.nn.Conv2d) or isinstance(module, SparsePointwiseConv2d):
+        w4 = weight.reshape(weight.shape[0], -1, 1, 1)
+        return lambda x: F.conv2d(x, w4, module.bias)
+    return lambda x: F.linear(x, weight, module.bias)
 
 
 def _sparse_tensor(layout, crow, col, values, shape) -> torch.Tensor:
@@ -291,13 +353,14 @@ def _check_margin(fn: str, margin, repeats) -> None:
         raise ValueError(f"{fn}: expected repeats to be a positive int, got {repeats!r}")
 
 
-def _linear_sites(model) -> dict[int, tuple[str, torch.nn.Linear, list]]:
+def _linear_sites(model, pointwise: bool = False) -> dict[int, tuple[str, torch.nn.Module, list]]:
     """Plain nn.Linear modules (subclasses such as MultiheadAttention's out_proj are read by their
-    owners directly, so they stay): {id: (name, module, [(parent, attribute), ...])}."""
+    owners directly, so they stay), and with ``pointwise`` plain pointwise nn.Conv2d ones:
+    {id: (name, module, [(parent, attribute), ...])}."""
     sites = {}
     for parent_name, parent in model.named_modules(remove_duplicate=False):
         for attr, child in parent._modules.items():  # (named_children() yields a shared child once)
-            if type(child) is torch.nn.Linear:
+            if type(child) is torch.nn.Linear or (pointwise and _is_pointwise(child)):
                 name = f"{parent_name}.{attr}" if parent_name else attr
                 sites.setdefault(id(child), (name, child, []))[2].append((parent, attr))
     return sites
@@ -361,9 +424,9 @@ def _time_in_place(model, layers: dict, examples, repeats: int) -> dict:
         def time_all(_, args, kwargs):
             x = args[0] if args else kwargs["input"]
             weight = module.weight.to_dense() if isinstance(module, SparseLinear) else module.weight
-            bias = module.bias
+            dense = _dense_call(module, weight)
             slot = timings[key][current[0]] or {"dense": 0.0} | {form: 0.0 for form in forms}
-            slot["dense"] += _median_ms(lambda: F.linear(x, weight, bias), repeats)
+            slot["dense"] += _median_ms(lambda: dense(x), repeats)
             for form, layer in forms.items():
                 slot[form] += _median_ms(lambda layer=layer: layer.forward(x), repeats)  # (.forward: no hooks)
             timings[key][current[0]] = slot
@@ -431,7 +494,9 @@ def _replace(sites_of_module: list, new: torch.nn.Module) -> None:
 
 def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.1, repeats: int = 7) -> SparsifyReport:
     """Replaces the hardened ``nn.Linear`` layers of ``model`` that run faster sparse by
-    `SparseLinear` (CSR weights), in place, and keeps the others dense.
+    `SparseLinear` (CSR weights, BSR for block patterns when timed), and with ``example_inputs``
+    its pointwise ``nn.Conv2d`` layers that do by `SparsePointwiseConv2d`, in place; the others
+    stay dense.
 
     Args:
         model: a hardened model (`sp.harden_`) in eval mode.
@@ -464,12 +529,13 @@ def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.
     _check_margin(fn, margin, repeats)
     examples = None if example_inputs is None else _examples(fn, example_inputs)
     before = _dense_bytes(model)
-    sites = _linear_sites(model)
+    sites = _linear_sites(model, pointwise=True)
     shared = _shared_tensors(model)
     candidates, choices = {}, []
     for key, (name, module, _) in sites.items():
         w = module.weight
         nnz = int((w != 0).sum())
+        conv = isinstance(module, torch.nn.Conv2d)
         dense_bytes = _layer_bytes(module)
         choice = LayerChoice(name, tuple(w.shape), 1.0 - nnz / w.numel() if w.numel() else 0.0, "dense", "",
                              None, None, dense_bytes, dense_bytes)
@@ -483,6 +549,8 @@ def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.
             why = "empty"
         elif examples is not None and choice.sparsity < MIN_TIMED_SPARSITY:
             why = f"less than {MIN_TIMED_SPARSITY:.0%} sparse (not timed: CSR is slower there)"
+        elif examples is None and conv:
+            why = "pointwise convolution: sparsified only when timed (pass example_inputs)"
         elif examples is None and _decide(choice, None, margin) is None:
             why = choice.reason
         if why:
@@ -494,10 +562,11 @@ def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.
     forms = {}
     for key in candidates:
         module = sites[key][1]
-        forms[key] = {"csr": SparseLinear.from_dense(module)}
-        block = block_pattern(module.weight.detach()) if examples is not None else None
+        forms[key] = {"csr": _sparse_of(module)}
+        matrix = module.weight.detach().reshape(module.weight.shape[0], -1)
+        block = block_pattern(matrix) if examples is not None else None
         if block is not None:
-            bsr = SparseLinear.from_dense(module, blocksize=block)
+            bsr = _sparse_of(module, blocksize=block)
             forms[key][bsr.layout] = bsr
     timings = _time_in_place(model, {key: (sites[key][1], forms[key]) for key in candidates}, examples,
                              repeats) if examples is not None else {}

@@ -438,3 +438,43 @@ def test_semi_structured_on_cuda_keeps_the_outputs():
     assert sp.sparsify_semi_structured_(model) == ["0"]
     with torch.inference_mode():
         assert torch.allclose(model(x), want, atol=1e-2, rtol=1e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# pointwise convolutions
+# ------------------------------------------------------------------------------------------------
+def _pointwise(n_in, n_out, sparsity, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv2d(n_in, n_out, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        conv.weight[torch.rand(conv.weight.shape, generator=gen) < sparsity] = 0
+    return conv
+
+
+def test_sparse_pointwise_conv_equals_the_dense_one():
+    conv = _pointwise(96, 40, 0.9)
+    sparse = sp.inference.SparsePointwiseConv2d.from_dense(conv)
+    x = torch.randn(3, 96, 5, 7)
+    with torch.inference_mode():
+        assert torch.allclose(sparse(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(sparse.to_dense().weight, conv.weight)
+    assert isinstance(copy.deepcopy(sparse), sp.inference.SparsePointwiseConv2d)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 96, H, W\), got \(3, 96\)"):
+        sparse(torch.randn(3, 96))
+
+
+def test_pointwise_convolutions_are_sparsified_only_when_timed():
+    model = torch.nn.Sequential(_pointwise(1024, 1024, 0.99), torch.nn.ReLU(), torch.nn.Conv2d(1024, 8, 3)).eval()
+    x = torch.randn(2, 1024, 6, 6)
+    with torch.inference_mode():
+        want = model(x)
+    by_rule = sp.sparsify_(copy.deepcopy(model))
+    assert [c.name for c in by_rule.layers] == ["0"]  # the 3×3 convolution is not a candidate
+    assert by_rule.layers[0].layout == "dense" and "only when timed" in by_rule.layers[0].reason
+    report = sp.sparsify_(model, x, repeats=3)
+    assert report.layers[0].reason.startswith("measured"), str(report)
+    assert report.layers[0].layout == "csr", str(report)  # 99% sparse, 72 pixels: measured 2-3× faster
+    assert isinstance(model[0], sp.inference.SparsePointwiseConv2d)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), want, atol=1e-4, rtol=1e-4)
