@@ -221,6 +221,8 @@ class SparsePointwiseConv2d(SparseLinear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[0] == self.in_features:  # unbatched (C, H, W), as nn.Conv2d takes
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_features:
             raise ValueError(f"SparsePointwiseConv2d: expected input of shape (N, {self.in_features}, H, W), got "
                              f"{tuple(x.shape)}")
@@ -428,7 +430,10 @@ def _time_in_place(model, layers: dict, examples, repeats: int) -> dict:
             slot = timings[key][current[0]] or {"dense": 0.0} | {form: 0.0 for form in forms}
             slot["dense"] += _median_ms(lambda: dense(x), repeats)
             for form, layer in forms.items():
-                slot[form] += _median_ms(lambda layer=layer: layer.forward(x), repeats)  # (.forward: no hooks)
+                try:
+                    slot[form] += _median_ms(lambda layer=layer: layer.forward(x), repeats)  # (.forward: no hooks)
+                except (RuntimeError, ValueError, NotImplementedError):  # (a kernel torch lacks, an odd input)
+                    slot[form] = float("inf")
             timings[key][current[0]] = slot
 
         return time_all
@@ -464,6 +469,9 @@ def _decide(choice: LayerChoice, timings, margin: float) -> str | None:
         return "csr" if ok else None
     if not any(timings.values()):
         choice.reason = "not called by the example inputs"
+        return None
+    if all(s == float("inf") for pairs in timings.values() for _, s in pairs):
+        choice.reason = "the sparse forms failed on the example inputs"
         return None
     # each form's smallest speed-up over the examples; the form whose smallest is largest
     worst = {form: min(d / s for d, s in pairs) for form, pairs in timings.items()}
@@ -633,6 +641,8 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
             choice.reason = "shape differs from the model's"
         elif not module.weight.is_meta and module.weight.dtype != dtype:
             choice.reason = f"the model holds {str(module.weight.dtype).replace('torch.', '')}, the file {e['dtype']}"
+        elif examples is not None and choice.sparsity < MIN_TIMED_SPARSITY:
+            choice.reason = f"less than {MIN_TIMED_SPARSITY:.0%} sparse (not timed: CSR is slower there)"
         elif examples is not None or _decide(choice, None, margin) is not None:
             planned[f"{name}.weight"] = key
     state = read_tensors(path, as_csr=lambda name, e: name in planned)
@@ -663,7 +673,15 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
         choice.layout = "csr"
         if examples is not None and _decide(choice, timings[key], margin) is None:
             choice.layout = "dense"
-            _replace(sites[key][2], layer.to_dense())
+            original = sites[key][1]
+            if original.weight.is_meta:
+                _replace(sites[key][2], layer.to_dense())
+            else:  # the user's own module, its values copied in
+                with torch.no_grad():
+                    original.weight.copy_(layer.weight.to_dense())
+                    if original.bias is not None:
+                        original.bias.copy_(layer.bias)
+                _replace(sites[key][2], original)
     for key, choice in choices.items():
         e, bias = entries[f"{choice.name}.weight"], entries.get(f"{choice.name}.bias")
         choice.dense_bytes = torch.Size(e["shape"]).numel() * getattr(torch, e["dtype"]).itemsize + (
@@ -706,6 +724,14 @@ def sparsify_semi_structured_(model: torch.nn.Module) -> list[str]:
               if _is_two_four(module.weight.detach())]
     if not layers:
         raise ValueError(f"{fn}: expected Linear weights with a 2:4 pattern (prune with scope='2:4'), got none")
+    shared = _shared_tensors(model)
+    for name, module, _ in layers:  # what no device could run, first
+        w = module.weight
+        if id(w) in shared:
+            raise ValueError(f"{fn}: expected untied 2:4 weights, got {name!r} tied to another module's tensor")
+        if w.shape[0] % 32 or w.shape[1] % 64:
+            raise ValueError(f"{fn}: expected 2:4 weights whose shape is a multiple of 32×64 (the kernels' tile), "
+                             f"got {name!r} of shape {tuple(w.shape)}: exclude it from the 2:4 pruning")
     for name, module, _ in layers:
         w = module.weight
         if w.device.type != "cuda":
@@ -720,6 +746,7 @@ def sparsify_semi_structured_(model: torch.nn.Module) -> list[str]:
                              f"{major}.{minor} for {name!r}")
     from torch.sparse import to_sparse_semi_structured
 
-    for name, module, _ in layers:
-        module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+    converted = [to_sparse_semi_structured(module.weight.detach()) for _, module, _ in layers]  # all, then assign
+    for (_, module, _), weight in zip(layers, converted):
+        module.weight = torch.nn.Parameter(weight, requires_grad=False)
     return [name for name, _, _ in layers]

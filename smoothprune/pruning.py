@@ -13,7 +13,9 @@ Scopes (what "keep k" is applied to):
            keeps (exactly round((1 - s) * total) in all); each tensor then applies the operator
            with its share. The allocation is recomputed from the current weights by
            `refresh_global_` (the Lightning callback does it at every pruning update) and by
-           `harden_`, so the hardened model is exactly the global magnitude top-k.
+           `harden_`, so the hardened model is exactly the global magnitude top-k;
+  "block:RxC"  2-D weights: the top-k runs over the norms of their R×C tiles, each tile scaled
+           by its kept factor; round((1 - s) * tiles) whole tiles are kept.
 """
 
 from __future__ import annotations

@@ -78,6 +78,17 @@ def test_block_sparse_linear_equals_the_dense_layer_and_copies():
     assert torch.equal(torch.load(buf, weights_only=False).weight.to_dense(), dense.weight)
 
 
+def test_block_sparse_linear_without_bias():
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 64, bias=False)
+    sp.prune_(dense, 0.75, scope="block:16x16")
+    sp.harden_(dense)
+    sparse = SparseLinear.from_dense(dense, blocksize=(16, 16))
+    x = torch.randn(3, 2, 64)
+    with torch.inference_mode():
+        assert torch.allclose(sparse(x), dense(x), atol=1e-5, rtol=1e-5)
+
+
 def test_sparsify_times_block_layouts_for_block_pruned_weights():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024))
@@ -417,6 +428,12 @@ def _two_four_model(dtype=torch.float32):
 def test_semi_structured_refuses_what_sparse_tensor_cores_cannot_run():
     with pytest.raises(ValueError, match=r"expected 2:4 layers on a CUDA GPU .* got '0' on cpu"):
         sp.sparsify_semi_structured_(_two_four_model())
+    whole = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    sp.prune_(whole, scope="2:4")  # the 10-row head too
+    sp.harden_(whole)
+    with pytest.raises(ValueError, match=r"multiple of 32×64 .* got '2' of shape \(10, 128\)"):
+        sp.sparsify_semi_structured_(whole.eval())
+    assert type(whole[0].weight) is torch.nn.Parameter  # nothing converted
     with pytest.raises(ValueError, match="with a 2:4 pattern .* got none"):
         sp.sparsify_semi_structured_(torch.nn.Sequential(_sparse_linear(64, 64, 0.1)).eval())
     with pytest.raises(ValueError, match="still being pruned"):

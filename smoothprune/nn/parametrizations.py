@@ -143,9 +143,11 @@ class TopKMagParametrization(torch.nn.Module):
         return w.reshape(w.shape[0] // rows, rows, w.shape[1] // cols, cols)
 
     def tile_norms(self, w: torch.Tensor) -> torch.Tensor:
-        """The Frobenius norms of the R×C tiles, as one row (floored at 1e-30 in the square, so
-        that an all-zero tile has a finite gradient)."""
-        return self._tiles(w).square().sum(dim=(1, 3)).clamp_min(1e-30).sqrt().reshape(1, -1)
+        """The Frobenius norms of the R×C tiles, as one row, in float32 at least (float16 sums
+        would round the ranking; floored at 1e-30 in the square, so that an all-zero tile has a
+        finite gradient)."""
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        return self._tiles(w).to(dtype).square().sum(dim=(1, 3)).clamp_min(1e-30).sqrt().reshape(1, -1)
 
     def _scale_tiles(self, w: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         tiles = self._tiles(w)
@@ -155,7 +157,7 @@ class TopKMagParametrization(torch.nn.Module):
         if self.block is None:
             return self._smooth_groups(w)
         norms = self.tile_norms(w)
-        return self._scale_tiles(w, self._smooth_groups(norms) / norms)
+        return self._scale_tiles(w, (self._smooth_groups(norms) / norms).to(w.dtype))
 
     def _smooth_groups(self, w: torch.Tensor) -> torch.Tensor:
         grouped = w.dim() == 2 and w.shape[1] == self.group_size  # (row scope: no reshape needed)
@@ -185,7 +187,9 @@ class TopKMagParametrization(torch.nn.Module):
         if self.block is None:
             return hard_topk_groups(w, self.group_size, k)
         kept = hard_topk_mask(self.tile_norms(w.detach()), k)  # exactly k tiles, ties broken by topk
-        return self._scale_tiles(w, kept.to(w.dtype))
+        tiles = self._tiles(w)
+        keep = kept.reshape(tiles.shape[0], 1, tiles.shape[2], 1) != 0
+        return torch.where(keep, tiles, torch.zeros((), dtype=w.dtype, device=w.device)).reshape(w.shape)  # +0.0
 
     def weight(self, w: torch.Tensor, training: bool) -> torch.Tensor:
         """The weight a module reads: this method's operator while training, the hardened weight

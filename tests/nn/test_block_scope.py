@@ -71,3 +71,25 @@ def test_block_scope_refuses_convolutions():
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3))
     with pytest.raises(ValueError, match=r"expected 2-D tensors .* got '0.weight' of shape \(8, 4, 3, 3\)"):
         sp.prune_(model, 0.5, scope="block:4x4")
+
+
+def test_block_scope_gradient_passes_gradcheck():
+    """Through the tile norms, the smooth operator and the scaling (float64, away from ties)."""
+    from smoothprune.nn.parametrizations import SoftTopKMag
+
+    torch.manual_seed(3)
+    spec = SoftTopKMag((8, 8), group_size=4, sparsity=0.5, lam=0.3, p=2.0, scope="block:4x4", block=(4, 4))
+    spec = spec.double()
+    scale = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    w = (torch.randn(8, 8, dtype=torch.float64) * scale).requires_grad_()  # distinct tile norms
+    assert torch.autograd.gradcheck(spec.smooth, (w,), eps=1e-6, atol=1e-6)
+
+
+def test_hardened_tiles_hold_positive_zeros():
+    layer = torch.nn.Linear(16, 16)
+    with torch.no_grad():
+        layer.weight.copy_(-torch.rand(16, 16) - 0.1)  # all negative
+    sp.prune_(layer, 0.5, scope="block:4x4")
+    sp.harden_(layer)
+    zeros = layer.weight[layer.weight == 0]
+    assert zeros.numel() == 128 and not torch.signbit(zeros).any()
