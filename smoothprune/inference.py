@@ -24,6 +24,7 @@ holds its dense weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 import warnings
@@ -50,9 +51,7 @@ def csr_pays_off(shape, sparsity: float, dtype=torch.float32, device="cpu") -> b
         >>> csr_pays_off((4096, 4096), 0.9), csr_pays_off((256, 784), 0.9)
         (True, False)
     """
-    numel = 1
-    for d in shape:
-        numel *= int(d)
+    numel = math.prod(int(d) for d in shape)
     if torch.device(device).type != "cpu" or dtype not in CSR_DTYPES:
         return False
     sparsity += 1e-4  # a top-k of round(n (1 - s)) entries may fall a hair short of s
@@ -451,11 +450,18 @@ def _time_in_place(model, layers: dict, examples, repeats: int) -> dict:
             for key, per_example in timings.items()}
 
 
-def _unsupported(weight: torch.Tensor) -> str | None:
-    if weight.device.type != "cpu":
-        return f"on {weight.device.type}: CSR is used on the CPU only"
-    if weight.dtype not in CSR_DTYPES:
-        return f"{str(weight.dtype).replace('torch.', '')} has no CPU CSR kernel"
+def _dense_reason(module, device, dtype, sparsity: float, shared: set, timed: bool) -> str | None:
+    """Why a layer stays dense whatever the timing or the rule (None: it is a candidate)."""
+    if device.type != "cpu":
+        return f"on {device.type}: CSR is used on the CPU only"
+    if dtype not in CSR_DTYPES:
+        return f"{str(dtype).replace('torch.', '')} has no CPU CSR kernel"
+    if parametrize.is_parametrized(module):
+        return "parametrized (torch.nn.utils.parametrize)"
+    if id(module.weight) in shared:
+        return "tied to another module's tensor"
+    if timed and sparsity < MIN_TIMED_SPARSITY:
+        return f"less than {MIN_TIMED_SPARSITY:.0%} sparse (not timed: CSR is slower there)"
     return None
 
 
@@ -548,18 +554,12 @@ def sparsify_(model: torch.nn.Module, example_inputs=None, *, margin: float = 1.
         choice = LayerChoice(name, tuple(w.shape), 1.0 - nnz / w.numel() if w.numel() else 0.0, "dense", "",
                              None, None, dense_bytes, dense_bytes)
         choices.append(choice)
-        why = _unsupported(w)
-        if parametrize.is_parametrized(module):
-            why = "parametrized (torch.nn.utils.parametrize)"
-        elif id(w) in shared:
-            why = "tied to another module's tensor"
-        elif w.numel() == 0:
+        why = _dense_reason(module, w.device, w.dtype, choice.sparsity, shared, timed=examples is not None)
+        if not why and w.numel() == 0:
             why = "empty"
-        elif examples is not None and choice.sparsity < MIN_TIMED_SPARSITY:
-            why = f"less than {MIN_TIMED_SPARSITY:.0%} sparse (not timed: CSR is slower there)"
-        elif examples is None and conv:
+        if not why and examples is None and conv:
             why = "pointwise convolution: sparsified only when timed (pass example_inputs)"
-        elif examples is None and _decide(choice, None, margin) is None:
+        if not why and examples is None and _decide(choice, None, margin) is None:
             why = choice.reason
         if why:
             choice.reason = why
@@ -624,16 +624,17 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
         if e is None:
             continue  # load_state_dict reports the missing key
         shape, dtype = tuple(e["shape"]), getattr(torch, e["dtype"])
-        choice = LayerChoice(name, shape, float(e["sparsity"]), "dense", "")
+        bias = entries.get(f"{name}.bias")
+        dense_bytes = math.prod(shape) * dtype.itemsize + (
+            0 if bias is None else math.prod(bias["shape"]) * getattr(torch, bias["dtype"]).itemsize)
+        choice = LayerChoice(name, shape, float(e["sparsity"]), "dense", "", dense_bytes=dense_bytes,
+                             bytes=dense_bytes)
         choices[key] = choice
         device = torch.device("cpu") if module.weight.is_meta else module.weight.device
-        if device.type != "cpu":
-            choice.reason = f"on {device.type}: CSR is used on the CPU only"
-        elif dtype not in CSR_DTYPES:
-            choice.reason = f"{e['dtype']} has no CPU CSR kernel"
-        elif parametrize.is_parametrized(module):
-            choice.reason = "parametrized (torch.nn.utils.parametrize)"
-        elif id(module.weight) in shared or e["encoding"] == "alias":
+        why = _dense_reason(module, device, dtype, choice.sparsity, shared, timed=examples is not None)
+        if why:
+            choice.reason = why
+        elif e["encoding"] == "alias":
             choice.reason = "tied to another module's tensor"
         elif e["encoding"] == "dense":
             choice.reason = "stored dense (not sparse enough)"
@@ -641,8 +642,6 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
             choice.reason = "shape differs from the model's"
         elif not module.weight.is_meta and module.weight.dtype != dtype:
             choice.reason = f"the model holds {str(module.weight.dtype).replace('torch.', '')}, the file {e['dtype']}"
-        elif examples is not None and choice.sparsity < MIN_TIMED_SPARSITY:
-            choice.reason = f"less than {MIN_TIMED_SPARSITY:.0%} sparse (not timed: CSR is slower there)"
         elif examples is not None or _decide(choice, None, margin) is not None:
             planned[f"{name}.weight"] = key
     state = read_tensors(path, as_csr=lambda name, e: name in planned)
@@ -682,11 +681,8 @@ def load_sparsified_(model: torch.nn.Module, path, example_inputs=None, *, margi
                     if original.bias is not None:
                         original.bias.copy_(layer.bias)
                 _replace(sites[key][2], original)
-    for key, choice in choices.items():
-        e, bias = entries[f"{choice.name}.weight"], entries.get(f"{choice.name}.bias")
-        choice.dense_bytes = torch.Size(e["shape"]).numel() * getattr(torch, e["dtype"]).itemsize + (
-            0 if bias is None else torch.Size(bias["shape"]).numel() * getattr(torch, bias["dtype"]).itemsize)
-        choice.bytes = _layer_bytes(sparse_layers[key]) if choice.layout == "csr" else choice.dense_bytes
+        if choice.layout == "csr":
+            choice.bytes = _layer_bytes(layer)
     return SparsifyReport(list(choices.values()), _dense_bytes(model), weight_bytes(model))
 
 
