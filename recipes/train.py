@@ -1,8 +1,8 @@
 """Train one recipe (or a sweep with -m). Examples:
 
     python recipes/train.py experiment=mlp_prune pruning=smooth_p43
-    python recipes/train.py experiment=vit_topk_loss loss=topk_p2 trainer.max_epochs=1
-    python recipes/train.py -m experiment=moe_routing router=hard,smooth_dykstra,smooth_pav seed=0,1,2
+    python recipes/train.py experiment=vit_finetune loss=topk_p2 trainer.max_steps=10
+    python recipes/train.py -m experiment=moe_routing_paper router=hard,smooth_dykstra,smooth_pav seed=0,1,2
 
 Configs live in conf/ (see conf/config.yaml); the work is done by smoothprune.recipes.train.train.
 """

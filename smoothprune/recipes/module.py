@@ -3,6 +3,7 @@ that records test metrics against training time."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytorch_lightning as pl
@@ -28,11 +29,15 @@ class Classifier(pl.LightningModule):
         optimizer: a callable ``params -> torch.optim.Optimizer`` (Hydra ``_partial_``).
         num_classes: for the accuracy metrics.
         max_topk: report top-1 ... top-``max_topk`` accuracy.
+        lr_schedule: ``None`` (constant learning rate) or ``{"warmup_steps": W, "total_steps": T}``:
+            linear warm-up from 0 over W steps, then cosine decay to 0 at step T (`warmup_cosine`).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn, optimizer, num_classes: int, max_topk: int = 5):
+    def __init__(self, model: torch.nn.Module, loss_fn, optimizer, num_classes: int, max_topk: int = 5,
+                 lr_schedule: dict | None = None):
         super().__init__()
         self.model, self.loss_fn, self.optimizer_factory = model, loss_fn, optimizer
+        self.lr_schedule = lr_schedule
         self.topks = list(range(1, min(max_topk, num_classes) + 1))
         self.accuracy = torch.nn.ModuleDict({
             f"top{k}": torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=k, average="micro")
@@ -85,7 +90,33 @@ class Classifier(pl.LightningModule):
                      on_epoch=True)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_schedule is None:
+            return optimizer
+        scheduler = warmup_cosine(optimizer, **self.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """The learning rate times ``(s + 1) / (W + 1)`` for the first ``W = warmup_steps`` steps (no
+    step at lr 0), then times
+    ``(1 + cos(pi (s - W) / (T - W))) / 2``, reaching 0 at ``T = total_steps``."""
+    check_lr_schedule(warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_lr_schedule(warmup_steps, total_steps) -> None:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"lr_schedule.warmup_steps: expected an int >= 0, got {warmup_steps!r}")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= warmup_steps:
+        raise ValueError(f"lr_schedule.total_steps: expected an int > warmup_steps={warmup_steps}, got {total_steps!r}")
 
 
 class TrainingClock(pl.Callback):

@@ -24,9 +24,9 @@ COLUMNS = {
         ("train_seconds", "training time (s)", 1, 1),
         ("sec_per_step", "ms / step", 1e3, 2),
     ],
-    "vit_topk_loss": [(f"test_acc_top{k}", f"top-{k} acc (%)", 100, 2) for k in range(1, 6)]
+    "vit_finetune": [(f"test_acc_top{k}", f"top-{k} acc (%)", 100, 2) for k in range(1, 6)]
     + [("sec_per_step", "s / step", 1, 3)],
-    "moe_routing": [
+    "moe_routing_paper": [
         ("test_acc_top1", "precision@1 (%)", 100, 2),
         ("token_coverage", "token coverage", 1, 3),
         ("nnz_per_capacity", "nnz per expert / C", 1, 3),
@@ -37,10 +37,10 @@ COLUMNS = {
 }
 # (history key, axis label, transform) of the plot panels per experiment
 CURVES = {
-    "vit_topk_loss": [("test/acc_top1", "test top-1 error (%)", "error"),
-                      ("test/acc_top3", "test top-3 error (%)", "error")],
-    "moe_routing": [("test/acc_top1", "test error (%)", "error"),
-                    ("test/token_coverage", "token coverage", "value")],
+    "vit_finetune": [("test/acc_top1", "test top-1 error (%)", "error"),
+                     ("test/acc_top3", "test top-3 error (%)", "error")],
+    "moe_routing_paper": [("test/acc_top1", "test error (%)", "error"),
+                          ("test/token_coverage", "token coverage", "value")],
 }
 DEFAULT_CURVES = [("test/acc_top1", "test error (%)", "error")]
 

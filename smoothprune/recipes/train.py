@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from smoothprune.export import save_sparse
 from smoothprune.pruning import harden_, pruned_tensors, sparsity_report
-from smoothprune.recipes.module import Classifier, TrainingClock
+from smoothprune.recipes.module import Classifier, TrainingClock, check_lr_schedule
 
 log = logging.getLogger("smoothprune.recipes")
 
@@ -48,6 +48,17 @@ def check_config(cfg: DictConfig) -> None:
     k = OmegaConf.select(cfg, "loss.fn.k")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_classes):
         raise ValueError(f"loss.fn.k: expected an int 1 <= k <= data.num_classes={num_classes}, got k={k!r}")
+    if cfg.get("pretrain") is not None:
+        from smoothprune.recipes.pretrain import check_pretrain_config
+
+        check_pretrain_config(cfg.pretrain)
+        if "checkpoint" not in cfg.model:
+            raise ValueError(f"pretrain: needs a model that loads a checkpoint (model.checkpoint), got {cfg.model._target_}")
+    schedule = cfg.get("lr_schedule")
+    if schedule is not None and set(schedule) != {"warmup_steps", "total_steps"}:
+        raise ValueError(f"lr_schedule: expected null or {{warmup_steps, total_steps}}, got keys {sorted(schedule)}")
+    if schedule is not None:
+        check_lr_schedule(schedule.warmup_steps, schedule.total_steps)
     allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", *_RECIPE_TRAINER_ARGS}
     for key in cfg.trainer:
         if key not in allowed:
@@ -110,7 +121,14 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = build(cfg.data, "data")
-    model = build(cfg.model, "model", _convert_="all")
+    if cfg.get("pretrain") is not None:  # fine-tuning: start from cfg.model pretrained on a source task
+        from smoothprune.recipes.pretrain import pretrained_checkpoint
+
+        checkpoint = pretrained_checkpoint(cfg)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the head's init and the data order
+        model = build(cfg.model, "model", _convert_="all", checkpoint=checkpoint)
+    else:
+        model = build(cfg.model, "model", _convert_="all")
     loss_fn = build(cfg.loss.fn, "loss.fn")
     optimizer = build(cfg.optimizer, "optimizer")
     export_path = os.path.join(output_dir, "model.safetensors")
@@ -119,7 +137,10 @@ def train(cfg: DictConfig) -> dict:
         # hardened below, after measuring the smooth model once more
         callbacks.append(build(cfg.pruning.callback, "pruning.callback", make_pruning_permanent=False,
                                _convert_="all"))
-    module = Classifier(model, loss_fn, optimizer, data.num_classes, max_topk=cfg.get("max_topk", 5))
+    lr_schedule = cfg.get("lr_schedule")
+    lr_schedule = None if lr_schedule is None else OmegaConf.to_container(lr_schedule, resolve=True)
+    module = Classifier(model, loss_fn, optimizer, data.num_classes, max_topk=cfg.get("max_topk", 5),
+                        lr_schedule=lr_schedule)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = pl.Trainer(**trainer_args, callbacks=callbacks, default_root_dir=output_dir)
     trainer.fit(module, data.train_loader(cfg.seed), data.test_loader())

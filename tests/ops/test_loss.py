@@ -12,6 +12,26 @@ def _data(seed=0, n=16, c=10, dtype=torch.float64):
     return torch.randn(n, c, generator=g, dtype=dtype), torch.randint(0, c, (n,), generator=g)
 
 
+def _project_onto_permutahedron(v, k):
+    """Euclidean projection of each row of ``v`` onto {y in [0, 1]^C, sum y = k}, by bisection
+    on the shift tau of y = clip(v - tau, 0, 1) (float64, independent of the library)."""
+    lo, hi = (v.min(-1, keepdim=True).values - 1.0), v.max(-1, keepdim=True).values
+    for _ in range(200):
+        tau = (lo + hi) / 2
+        too_much = (v - tau).clamp(0, 1).sum(-1, keepdim=True) > k
+        lo, hi = torch.where(too_much, tau, lo), torch.where(too_much, hi, tau)
+    return (v - (lo + hi) / 2).clamp(0, 1)
+
+
+def _target(logits, target, k, fill):
+    onehot = torch.nn.functional.one_hot(target, logits.shape[-1]).to(logits.dtype)
+    if fill == "none":
+        return onehot
+    if fill == "uniform":
+        return _project_onto_permutahedron(onehot, k)
+    return _completed_target(logits, target, k)
+
+
 def _completed_target(logits, target, k):
     t = torch.zeros_like(logits)
     t[torch.arange(len(target)), target] = 1.0
@@ -22,7 +42,7 @@ def _completed_target(logits, target, k):
 
 
 @pytest.mark.parametrize("p", [2.0, 4 / 3])
-@pytest.mark.parametrize("fill", ["topk", "none"])
+@pytest.mark.parametrize("fill", ["uniform", "topk", "none"])
 def test_gradient_is_ystar_minus_target(p, fill):
     logits, target = _data()
     logits.requires_grad_()
@@ -30,7 +50,7 @@ def test_gradient_is_ystar_minus_target(p, fill):
         loss = sp.soft_topk_loss(logits, target, k, lam=0.7, p=p, reduction="sum", fill=fill)
         (g,) = torch.autograd.grad(loss, logits)
         y = sp.soft_topk_mask(logits.detach(), k, lam=0.7, p=p)
-        t = _completed_target(logits.detach(), target, k) if fill == "topk" else torch.nn.functional.one_hot(target, 10).double()
+        t = _target(logits.detach(), target, k, fill)
         assert torch.allclose(g, y - t, atol=1e-12)
 
 
@@ -38,19 +58,51 @@ def test_gradient_is_ystar_minus_target(p, fill):
 def test_gradient_matches_finite_differences(p):
     logits, target = _data(1, n=4, c=6)
     logits.requires_grad_()
-    for fill in ("topk", "none"):
+    for fill in ("uniform", "topk", "none"):
         fn = lambda z: sp.soft_topk_loss(z, target, 3, lam=0.5, p=p, reduction="sum", fill=fill)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (logits,), eps=1e-6, atol=1e-6)
 
 
-def test_default_loss_is_bounded_below_and_shift_invariant():
+@pytest.mark.parametrize("fill", ["uniform", "topk"])
+def test_filled_targets_are_bounded_below_and_shift_invariant(fill):
     logits, target = _data(2)
     for k in (2, 3, 5):
-        loss = sp.soft_topk_loss(logits, target, k, reduction="none")
-        assert torch.all(loss >= -1e-12)
-        for c in (-100.0, 3.0, 1e4):
-            shifted = sp.soft_topk_loss(logits + c, target, k, reduction="none")
-            assert torch.allclose(shifted, loss, atol=1e-9 * max(1, abs(c)))
+        for scale in (1.0, 30.0):
+            loss = sp.soft_topk_loss(scale * logits, target, k, reduction="none", fill=fill)
+            assert torch.all(loss >= -1e-12)
+            for c in (-100.0, 3.0, 1e4):
+                shifted = sp.soft_topk_loss(scale * logits + c, target, k, reduction="none", fill=fill)
+                assert torch.allclose(shifted, loss, atol=1e-9 * max(1, abs(c)))
+
+
+def test_default_target_is_uniform_the_projection_of_the_label_onto_the_permutahedron():
+    logits, target = _data(6)
+    for k in (1, 2, 3, 10):
+        onehot = torch.nn.functional.one_hot(target, 10).double()
+        t = _project_onto_permutahedron(onehot, k)
+        expected = onehot + (k - 1) / 9 * (1 - onehot)  # the label at 1, the rest spread evenly
+        assert torch.allclose(t, expected, atol=1e-12)
+        assert torch.equal(sp.soft_topk_loss(logits, target, k, reduction="none"),
+                           sp.soft_topk_loss(logits, target, k, reduction="none", fill="uniform"))
+    assert sp.SoftTopKLoss(3).fill == "uniform"
+
+
+def test_uniform_target_loss_is_zero_only_for_the_label_first_and_the_others_tied():
+    lam, k = 0.5, 3
+    tied = torch.tensor([[0.0, 9.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert float(sp.soft_topk_loss(tied, torch.tensor([1]), k, lam=lam)) == pytest.approx(0.0, abs=1e-12)
+    # label first with a margin, but the others not tied: a positive loss pushing them together
+    untied = torch.tensor([[0.0, 9.0, 1.0, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    loss = sp.soft_topk_loss(untied, torch.tensor([1]), k, lam=lam)
+    (g,) = torch.autograd.grad(loss, untied)
+    assert float(loss) > 0 and g[0, 2] > 0 > g[0, 4] and g[0, 1] == 0
+    # the label in the top k but second: the loss pushes the class above it down (the topk fill
+    # is 0 here: the label is confidently in the top 3)
+    second = torch.tensor([[9.0, 8.0, 1.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    loss = sp.soft_topk_loss(second, torch.tensor([1]), k, lam=0.1)
+    (g,) = torch.autograd.grad(loss, second)
+    assert float(loss) > 0 and g[0, 0] > 0 > g[0, 3] and g[0, 1] == 0
+    assert float(sp.soft_topk_loss(second, torch.tensor([1]), k, lam=0.1, fill="topk")) == 0.0
 
 
 def test_raw_one_hot_loss_is_unbounded_along_the_shift_for_k_above_one():
@@ -66,15 +118,16 @@ def test_raw_one_hot_loss_is_unbounded_along_the_shift_for_k_above_one():
     )
 
 
-def test_zero_loss_once_label_is_confidently_in_top_k_and_hinge_limit():
+def test_topk_fill_is_zero_once_label_is_confidently_in_top_k_and_hinge_limit():
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0], [5.0, 4.0, 0.0, -1.0]], dtype=torch.float64)
     target = torch.tensor([1, 2])
-    loss = sp.soft_topk_loss(logits, target, 2, lam=0.1, reduction="none")
+    loss = sp.soft_topk_loss(logits, target, 2, lam=0.1, reduction="none", fill="topk")
     assert loss[0] == 0.0 and loss[1] > 0
     # lam -> 0: the top-k hinge max(0, theta_[k] - theta_label)
     logits, target = _data(4)
     hinge = (logits.topk(3, -1).values[:, -1] - logits.gather(1, target[:, None])[:, 0]).clamp(min=0)
-    assert torch.allclose(sp.soft_topk_loss(logits, target, 3, lam=1e-9, reduction="none"), hinge, atol=1e-8)
+    assert torch.allclose(sp.soft_topk_loss(logits, target, 3, lam=1e-9, reduction="none", fill="topk"), hinge,
+                          atol=1e-8)
 
 
 def test_reductions_module_and_dtypes():

@@ -16,7 +16,7 @@ from smoothprune.recipes.train import build, check_config
 from tests.recipes.conftest import CONF_DIR
 from tests.recipes.mnist_files import write_mnist_raw
 
-GROUPS = ["data", "model", "pruning", "loss", "router", "optimizer", "trainer", "experiment"]
+GROUPS = ["data", "model", "pruning", "loss", "router", "optimizer", "pretrain", "trainer", "experiment"]
 
 
 def options(group):
@@ -24,10 +24,14 @@ def options(group):
 
 
 def test_every_group_exists_with_its_options():
-    assert options("experiment") == ["mlp_prune", "moe_routing", "vit_topk_loss"]
+    assert options("experiment") == ["mlp_prune", "moe_routing_paper", "vit_finetune"]
+    assert options("data") == ["cifar100", "digit_pairs", "mnist", "mnist_embedded"]
+    assert options("optimizer") == ["adamw", "sgd", "sgd_momentum"]
+    assert options("pretrain") == ["digits"]
     assert options("pruning") == ["hard", "none", "smooth_p2", "smooth_p2_lam1e-2", "smooth_p43", "smooth_p43_lam1e-2", "ste"]
     assert options("router") == ["hard", "none", "smooth_dykstra", "smooth_pav"]
-    assert options("loss") == ["cross_entropy", "topk_p2", "topk_p2_onehot", "topk_p43", "topk_p43_onehot"]
+    assert options("loss") == ["cross_entropy", "topk_p2", "topk_p2_onehot", "topk_p2_topkfill", "topk_p43",
+                               "topk_p43_onehot"]
     for group in GROUPS:
         assert options(group), group
 
@@ -138,8 +142,8 @@ def test_trainer_options_compose_into_real_trainer_arguments(compose_cfg, traine
         assert t.max_epochs == cfg.trainer.max_epochs
 
 
-@pytest.mark.parametrize("experiment,arm", [("mlp_prune", "smooth_p2"), ("vit_topk_loss", "topk_p2"),
-                                            ("moe_routing", "smooth_dykstra")])
+@pytest.mark.parametrize("experiment,arm", [("mlp_prune", "smooth_p2"), ("vit_finetune", "topk_p2"),
+                                            ("moe_routing_paper", "smooth_dykstra")])
 def test_experiments_compose(compose_cfg, experiment, arm):
     cfg = compose_cfg(f"experiment={experiment}")
     check_config(cfg)
@@ -157,3 +161,69 @@ def test_command_line_choices_win_over_the_experiments_defaults(compose_cfg):
     cfg = compose_cfg("experiment=mlp_prune", "pruning=hard", "trainer.max_epochs=3", "++trainer.fast_dev_run=true")
     assert cfg.pruning.name == "hard" and cfg.arm == "hard"
     assert cfg.trainer.max_epochs == 3 and cfg.trainer.fast_dev_run is True
+
+
+def test_loss_options_choose_their_target(compose_cfg):
+    fills = {loss: instantiate(compose_cfg(f"loss={loss}").loss.fn).fill
+             for loss in ("topk_p2", "topk_p43", "topk_p2_topkfill", "topk_p2_onehot", "topk_p43_onehot")}
+    assert fills == {"topk_p2": "uniform", "topk_p43": "uniform", "topk_p2_topkfill": "topk",
+                     "topk_p2_onehot": "none", "topk_p43_onehot": "none"}
+
+
+def test_vit_finetune_experiment_is_the_papers_protocol(compose_cfg):
+    cfg = compose_cfg("experiment=vit_finetune", "loss=cross_entropy")
+    assert cfg.pretrain.data._target_.endswith("EmbeddedMNIST") and cfg.data._target_.endswith("DigitPairs")
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0.9
+    assert cfg.trainer.max_steps == 100 and dict(cfg.lr_schedule) == {"warmup_steps": 10, "total_steps": 100}
+    assert cfg.optimizer.lr == 1e-1
+    for loss in ("topk_p2", "topk_p43", "topk_p2_topkfill", "topk_p2_onehot"):
+        assert compose_cfg("experiment=vit_finetune", f"loss={loss}").optimizer.lr == 1e-2
+    # every loss of the loss group has its learning rate
+    for loss in options("loss"):
+        assert compose_cfg("experiment=vit_finetune", f"loss={loss}").optimizer.lr > 0
+
+
+def test_moe_routing_paper_experiment_has_the_papers_ratio(compose_cfg):
+    cfg = compose_cfg("experiment=moe_routing_paper")
+    net = instantiate(cfg.model, _convert_="all")
+    moes = [m for m in net.modules() if isinstance(m, SparseMoE)]
+    tokens = net.patch_embed.num_patches + net.num_prefix_tokens
+    assert tokens == 197 and len(moes) == 2
+    assert all(m.router.num_experts == 32 and m.router.topk == "dykstra" and m.router.num_iter == 10
+               and m.router.p == 2.0 for m in moes)
+    capacity = moes[0].router.capacity(tokens)
+    assert capacity == 14 and abs(capacity / tokens - 28 / 400) < 0.002  # the paper: each expert takes 28 of 400
+    logits = net(torch.randn(2, 1, 28, 28))
+    assert logits.shape == (2, 10)
+
+
+def test_digit_pairs_are_two_digits_of_the_right_split(compose_cfg):
+    from smoothprune.recipes.data import EmbeddedMNIST
+
+    cfg = compose_cfg("data=digit_pairs", "data.train_pairs=300", "data.test_pairs=200")
+    data = build(cfg.data, "data")
+    (tx, ty), (vx, vy) = data.train_set.tensors, data.test_set.tensors
+    assert tx.shape == (300, 1, 28, 28) and vx.shape == (200, 1, 28, 28)
+    assert torch.equal(vy.bincount(minlength=100), torch.full((100,), 2))  # balanced over the 100 classes
+    raw = data.load()
+    digits = EmbeddedMNIST(num_classes=10, in_chans=1, image_size=28).load()
+
+    def halves_from(pairs, split):
+        images, labels = split
+        halves = torch.nn.functional.avg_pool2d(images.float(), (1, 2)).round().clamp(0, 255).to(torch.uint8)
+        for image, number in zip(*pairs):
+            for half, digit in ((image[..., :14], number // 10), (image[..., 14:], number % 10)):
+                same = (halves[labels == digit] == half).flatten(1).all(1)
+                if not same.any():
+                    return False
+        return True
+
+    assert halves_from(raw[1], digits[1])  # test pairs: halves of test digits of the class's digits
+    assert halves_from(raw[0], digits[0])
+    assert not halves_from((raw[1][0][:5], raw[1][1][:5]), digits[0])  # (not of training digits)
+    # validation: pairs of held-out training digits, disjoint from what training uses
+    val = build(compose_cfg("data=digit_pairs", "data.train_pairs=300", "data.test_pairs=100",
+                            "data.validation=true").data, "data").load()
+    assert halves_from(val[1], digits[0]) and not halves_from((val[1][0][:5], val[1][1][:5]), digits[1])
+    with pytest.raises(ValueError, match=r"^data.train_pairs: expected an int >= 100 \(one pair per class\), got 10"):
+        build(compose_cfg("data=digit_pairs", "data.train_pairs=10").data, "data")

@@ -56,18 +56,69 @@ def test_pruned_export_is_much_smaller_than_the_dense_one(compose_cfg, tmp_path)
     assert smooth["summary"]["export_bytes"] < 0.2 * dense["summary"]["export_bytes"]
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "topk_p2", "topk_p43"])
-def test_vit_topk_loss_recipe(compose_cfg, tmp_path, loss):
-    result = run(compose_cfg, tmp_path, "experiment=vit_topk_loss", f"loss={loss}", *SMALL_VIT)
+def small_finetune(tmp_path):
+    return ["experiment=vit_finetune", *SMALL_VIT, "data.train_pairs=200", "data.test_pairs=100",
+            "pretrain.epochs=1", "pretrain.data.max_train_examples=256", f"pretrain.cache_dir={tmp_path / 'cache'}",
+            "trainer.max_steps=4", "lr_schedule.warmup_steps=1"]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "topk_p2", "topk_p43", "topk_p2_topkfill", "topk_p2_onehot"])
+def test_vit_finetune_recipe(compose_cfg, tmp_path, loss):
+    result = run(compose_cfg, tmp_path, *small_finetune(tmp_path), f"loss={loss}")
     summary = result["summary"]
     accs = [summary[f"test_acc_top{k}"] for k in range(1, 6)]
     assert accs == sorted(accs) and 0 <= accs[0] and accs[-1] <= 1
     assert result["arm"] == loss and summary["sec_per_step"] > 0
+    assert result["config"]["lr_schedule"] == {"warmup_steps": 1, "total_steps": 4}
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+
+def test_finetuning_starts_from_the_cached_pretrained_backbone(compose_cfg, tmp_path):
+    from safetensors.torch import load_file
+
+    from smoothprune.recipes.pretrain import pretrained_checkpoint
+
+    cfg = compose_cfg(*small_finetune(tmp_path))
+    path = pretrained_checkpoint(cfg)
+    info = json.loads(open(path[: -len(".safetensors")] + ".json").read())
+    assert 0 <= info["source_test_acc_top1"] <= 1 and info["epochs"] == 1
+    stamp = os.stat(path).st_mtime_ns
+    assert pretrained_checkpoint(cfg) == path and os.stat(path).st_mtime_ns == stamp  # cached, not retrained
+    # the seed of the fine-tuning run does not change the backbone; a pretraining setting does
+    assert pretrained_checkpoint(compose_cfg(*small_finetune(tmp_path), "seed=5")) == path
+    other = pretrained_checkpoint(compose_cfg(*small_finetune(tmp_path), "pretrain.lr=2e-3"))
+    assert other != path
+    pretrained = load_file(path)
+    assert pretrained["head.weight"].shape == (10, 48)  # the source task's 10 classes
+    model = build(cfg.model, "model", _convert_="all", checkpoint=path)
+    assert model.head.weight.shape == (100, 48)  # a fresh head for the 100 pairs
+    for name, value in model.state_dict().items():
+        if not name.startswith("head."):
+            torch.testing.assert_close(value, pretrained[name], msg=name)
+
+
+def test_warmup_cosine_schedule():
+    from smoothprune.recipes.module import warmup_cosine
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = warmup_cosine(opt, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])  # warm-up, never at 0
+    assert lrs[8] == pytest.approx(0.5) and lrs[12] == pytest.approx(0.0, abs=1e-12) and lrs[13] == lrs[12]
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # then decreasing
+    for kwargs, match in ((dict(warmup_steps=-1, total_steps=5), "warmup_steps: expected an int >= 0"),
+                          (dict(warmup_steps=5, total_steps=5), "total_steps: expected an int > warmup_steps=5")):
+        with pytest.raises(ValueError, match=f"^lr_schedule.{match}"):
+            warmup_cosine(opt, **kwargs)
 
 
 @pytest.mark.parametrize("router", ["hard", "smooth_dykstra", "smooth_pav"])
-def test_moe_routing_recipe(compose_cfg, tmp_path, router):
-    result = run(compose_cfg, tmp_path, "experiment=moe_routing", f"router={router}", *SMALL_VIT)
+def test_moe_routing_paper_recipe(compose_cfg, tmp_path, router):
+    result = run(compose_cfg, tmp_path, "experiment=moe_routing_paper", f"router={router}")
     summary = result["summary"]
     assert 0 < summary["token_coverage"] <= 1
     if router == "hard":
@@ -102,7 +153,7 @@ def test_pretrained_vit_weights_load_from_a_local_file(compose_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,error,match", [
-    (["experiment=vit_topk_loss", "loss.fn.k=11"], ValueError,
+    (["experiment=mlp_prune", "loss=topk_p2", "loss.fn.k=11"], ValueError,
      r"^loss.fn.k: expected an int 1 <= k <= data.num_classes=10, got k=11"),
     (["experiment=mlp_prune", "++trainer.bogus=1"], ValueError, r"^trainer.bogus: not an argument of pytorch_lightning.Trainer"),
     (["experiment=mlp_prune", "data=mnist", "data.root=/nonexistent/mnist"], FileNotFoundError,
@@ -110,9 +161,13 @@ def test_pretrained_vit_weights_load_from_a_local_file(compose_cfg, tmp_path):
     (["experiment=mlp_prune", "pruning.callback.interval=batch"], ValueError,
      r"^pruning.callback: SmoothPruning: expected interval in \('step', 'epoch'\), got interval='batch'"),
     (["experiment=mlp_prune", "router=hard"], ValueError, r"^router: router=hard only applies to a mixture-of-experts"),
-    (["experiment=moe_routing", "router=none"], ValueError, r"^model: router: model=vmoe needs a router"),
-    (["experiment=vit_topk_loss", "model.patch_size=5"], ValueError,
+    (["experiment=moe_routing_paper", "router=none"], ValueError, r"^model: router: model=vmoe needs a router"),
+    (["experiment=vit_finetune", "model.patch_size=5"], ValueError,
      r"^model.patch_size: expected an int dividing data.image_size=28, got 5"),
+    (["experiment=vit_finetune", "pretrain.epochs=0"], ValueError, r"^pretrain.epochs: expected an int >= 1, got 0"),
+    (["experiment=mlp_prune", "pretrain=digits"], ValueError, r"^pretrain: needs a model that loads a checkpoint"),
+    (["experiment=vit_finetune", "lr_schedule.warmup_steps=100"], ValueError,
+     r"^lr_schedule.total_steps: expected an int > warmup_steps=100, got 100"),
 ])
 def test_bad_configuration_fails_fast_naming_the_key(compose_cfg, tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):
