@@ -30,12 +30,13 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 import warnings
 
 import torch
+
+from runlog import append_run, load_runs, mean_std
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -160,14 +161,6 @@ def run(model_name: str, optimizer: str, arm: str, seed: int) -> dict:
             "sparsity": sparsity, "seconds": seconds, "config": arm_config(arm)}
 
 
-def load_runs(out: str) -> list[dict]:
-    path = os.path.join(out, "runs.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def report(out: str) -> str:
     runs = load_runs(out)
     combos = sorted({(r["model"], r["optimizer"]) for r in runs},
@@ -178,8 +171,7 @@ def report(out: str) -> str:
         for arm in arms:
             accs = [100 * r["test_acc"] for r in runs if (r["model"], r["optimizer"]) == combo and r["arm"] == arm]
             if accs:
-                sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-                cell[combo, arm] = (statistics.mean(accs), sd, len(accs))
+                cell[combo, arm] = (*mean_std(accs), len(accs))
     lines = ["| arm | " + " | ".join(f"{m} {o}" for m, o in combos) + " |",
              "|---|" + "---|" * len(combos)]
     for arm in arms:
@@ -238,8 +230,7 @@ def main(argv=None) -> int:
                     if (model_name, optimizer, arm, seed) in done:
                         continue
                     result = run(model_name, optimizer, arm, seed)
-                    with open(os.path.join(args.out, "runs.jsonl"), "a") as f:
-                        f.write(json.dumps(result) + "\n")
+                    append_run(args.out, result)
                     print(f"{model_name} {optimizer} {arm} seed {seed}: test acc {100 * result['test_acc']:.2f}%, "
                           f"sparsity {result['sparsity']:.4f}, {result['seconds']:.1f} s", flush=True)
     print(report(args.out))

@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 import torch
+
+from runlog import append_run, load_runs, mean_std
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -112,18 +113,6 @@ def run(task: str, model_name: str, loss_name: str, seed: int, data) -> dict:
             "train_seconds": seconds, **accuracy}
 
 
-def load_runs(out: str) -> list[dict]:
-    path = os.path.join(out, "runs.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summary(runs: list[dict]) -> list[str]:
     """One table: top-1 and top-3 accuracy of every loss in every (task, model) cell."""
     cells = [(t, m) for t in EPOCHS for m in ("linear", "mlp") if any(r["task"] == t and r["model"] == m for r in runs)]
@@ -134,7 +123,7 @@ def summary(runs: list[dict]) -> list[str]:
         for task, model_name in cells:
             mine = [r for r in runs if (r["task"], r["model"], r["loss"]) == (task, model_name, loss_name)]
             for k in (1, K):
-                row.append("%.1f ± %.1f" % _mean_std([100 * r[f"top{k}"] for r in mine]) if mine else "–")
+                row.append("%.1f ± %.1f" % mean_std([100 * r[f"top{k}"] for r in mine]) if mine else "–")
         lines.append(f"| {loss_name} | " + " | ".join(row) + " |")
     return lines
 
@@ -154,13 +143,13 @@ def report(out: str) -> str:
                       "| loss | seeds | " + " | ".join(f"top-{k}" for k in TOPKS) + " | "
                       + " | ".join(f"Δ top-{k}" for k in TOPKS) + " |",
                       "|---" * (2 + 2 * len(TOPKS)) + "|"]
-            ce = {k: _mean_std([100 * r[f"top{k}"] for r in cell if r["loss"] == "cross_entropy"] or [float("nan")])[0]
+            ce = {k: mean_std([100 * r[f"top{k}"] for r in cell if r["loss"] == "cross_entropy"] or [float("nan")])[0]
                   for k in TOPKS}
             for loss_name in LOSSES:
                 mine = [r for r in cell if r["loss"] == loss_name]
                 if not mine:
                     continue
-                stats = {k: _mean_std([100 * r[f"top{k}"] for r in mine]) for k in TOPKS}
+                stats = {k: mean_std([100 * r[f"top{k}"] for r in mine]) for k in TOPKS}
                 lines.append(f"| {loss_name} | {len(mine)} | "
                              + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in stats.values()) + " | "
                              + " | ".join(f"{stats[k][0] - ce[k]:+.2f}" for k in TOPKS) + " |")
@@ -195,8 +184,7 @@ def main(argv=None) -> int:
                         continue
                     result = run(task, model_name, loss_name, seed, data)
                     print(json.dumps(result), flush=True)
-                    with open(os.path.join(args.out, "runs.jsonl"), "a") as f:
-                        f.write(json.dumps(result) + "\n")
+                    append_run(args.out, result)
     print(report(args.out))
     return 0
 

@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 from smoothprune.nn.parametrizations import METHODS, PARAMETRIZATIONS, TopKMagParametrization
 from smoothprune.nn.pruned import attach_, detach_, is_pruned, latent, specs_of
 from smoothprune.ops._checks import ALGORITHMS, check_algorithm, check_positive
+from smoothprune.ops.sharded import is_dtensor, sharded_allocation
 
 SCOPES = ("layer", "global", "row", "nm")
 PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -332,6 +333,8 @@ def global_allocation(tensors: list[torch.Tensor], sparsity: float) -> list[int]
     keep = int(round((1.0 - float(sparsity)) * sum(sizes)))
     if keep == 0:
         return [0] * len(tensors)
+    if any(is_dtensor(t) for t in tensors):
+        return sharded_allocation(tensors, keep)
     flat = torch.cat([t.detach().abs().reshape(-1).float() for t in tensors])
     top = flat.topk(keep, sorted=False).indices
     bounds = torch.tensor(sizes, device=flat.device).cumsum(0)
@@ -481,6 +484,12 @@ class SparsityReport:
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _total(t: torch.Tensor) -> torch.Tensor:
+    """The sum of all entries, of a sharded tensor (DTensor) too."""
+    total = t.sum()
+    return total.full_tensor() if is_dtensor(total) else total
+
+
 @torch.no_grad()
 def sparsity_report(model: torch.nn.Module, targets=None) -> SparsityReport:
     """Per-tensor and total sparsity of the pruned tensors (or, in a model with none, of
@@ -503,13 +512,13 @@ def sparsity_report(model: torch.nn.Module, targets=None) -> SparsityReport:
             original = latent(module, name)
             current = p(original)  # the weight training uses (in eval mode the module reads `hard`)
             hard = hardened_weight(p, original)
-            rows.append(TensorSparsity(qualified, tuple(current.shape), current.numel(), int((current == 0).sum()),
-                                       int((hard == 0).sum()), float(p.sparsity), p.scope, p.method,
-                                       float((current.float() - hard.float()).square().sum()),
-                                       float(hard.float().square().sum())))
+            rows.append(TensorSparsity(qualified, tuple(current.shape), current.numel(), int(_total(current == 0)),
+                                       int(_total(hard == 0)), float(p.sparsity), p.scope, p.method,
+                                       float(_total((current.float() - hard.float()).square())),
+                                       float(_total(hard.float().square()))))
     else:
         for qualified, module, name in resolve_targets("sparsity_report", model, targets):
             t = getattr(module, name)
-            zeros = int((t == 0).sum())
+            zeros = int(_total(t == 0))
             rows.append(TensorSparsity(qualified, tuple(t.shape), t.numel(), zeros, zeros, None, None, None))
     return SparsityReport(rows)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 from smoothprune.ops.hard_topk import hard_topk_mag, hard_topk_mask
+from smoothprune.ops.sharded import is_dtensor, sharded_groups, sharded_hard_topk_mask, sharded_soft_topk
 from smoothprune.ops.soft_topk import soft_topk_last_dim, soft_topk_mag
 
 METHODS = ("smooth", "hard", "ste")
@@ -154,6 +155,8 @@ class TopKMagParametrization(torch.nn.Module):
         return (tiles * factor.reshape(tiles.shape[0], 1, tiles.shape[2], 1)).reshape(w.shape)
 
     def smooth(self, w: torch.Tensor) -> torch.Tensor:
+        if is_dtensor(w):
+            return self._sharded(w, smooth=True)
         if self.block is None:
             return self._smooth_groups(w)
         norms = self.tile_norms(w)
@@ -182,6 +185,8 @@ class TopKMagParametrization(torch.nn.Module):
         return y if grouped else y.reshape(w.shape)
 
     def hard(self, w: torch.Tensor) -> torch.Tensor:
+        if is_dtensor(w):
+            return self._sharded(w, smooth=False)
         host = self._host_scalars()
         k = self.k if host is None else host.k
         if self.block is None:
@@ -190,6 +195,31 @@ class TopKMagParametrization(torch.nn.Module):
         tiles = self._tiles(w)
         keep = kept.reshape(tiles.shape[0], 1, tiles.shape[2], 1) != 0
         return torch.where(keep, tiles, torch.zeros((), dtype=w.dtype, device=w.device)).reshape(w.shape)  # +0.0
+
+    def _sharded(self, w, smooth: bool):
+        """The operator on a DTensor latent (FSDP2 outside the forward, tensor parallel): each
+        group solved where it lives, or by the exact top-k across shards
+        (`smoothprune.ops.sharded`) where a group is spread over ranks; same results as on the
+        whole tensor."""
+        if self.block is not None:
+            raise NotImplementedError(f"{type(self).__name__}: the block scope on a sharded (DTensor) weight")
+        groups = sharded_groups(w, self.group_size, type(self).__name__)
+        local, k = groups.local, int(self.k)
+        if smooth:
+            lam = float(self.lam) * (float(self.lam_scale(w)) if self.relative_lam else 1.0)
+            if groups.group is None:
+                y = soft_topk_last_dim(local, torch.tensor(k), torch.tensor(lam, dtype=torch.float64), self.p, True,
+                                       self.debias)
+            else:
+                y = sharded_soft_topk(local, k, lam=lam, p=self.p, magnitude=True, debias=self.debias,
+                                      group=groups.group)
+        elif groups.group is None:
+            y = hard_topk_mag(local, k)
+        else:
+            mask = sharded_hard_topk_mask(local.detach().abs(), k, groups.group)
+            y = torch.where(mask != 0, local, local.new_zeros(()))
+            y = torch.where(mask.isnan(), local * mask, y)
+        return groups.rebuild(y)
 
     def weight(self, w: torch.Tensor, training: bool) -> torch.Tensor:
         """The weight a module reads: this method's operator while training, the hardened weight
@@ -209,7 +239,10 @@ class TopKMagParametrization(torch.nn.Module):
     def lam_scale(self, w: torch.Tensor) -> torch.Tensor:
         """``rms(W')^(2 - p)`` (a 0-d tensor on W's device, no gradient): what a relative lam is
         multiplied by."""
-        rms = w.detach().to(torch.float64).square().mean().sqrt().clamp_min(1e-30)
+        square_sum = w.detach().to(torch.float64).square().sum()
+        if is_dtensor(square_sum):
+            square_sum = square_sum.full_tensor()  # (an all-reduce of one number)
+        rms = (square_sum / max(w.numel(), 1)).sqrt().clamp_min(1e-30)
         return rms.pow(2.0 - self.p)
 
     def extra_repr(self) -> str:
