@@ -32,6 +32,12 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parametrize
 
+try:  # the classes of sharded training (torch built without distributed support has neither)
+    from torch.distributed.fsdp import FSDPModule as _FSDPModule
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover
+    _DTensor = _FSDPModule = None
+
 SPECS_ATTR = "_smoothprune"  # module.__dict__ entry: {tensor name: spec}
 _CLASSES: dict[tuple[type, frozenset], type] = {}
 
@@ -48,9 +54,36 @@ def is_pruned(module: torch.nn.Module, name: str | None = None) -> bool:
     return bool(specs) if name is None else name in specs
 
 
+def _pruned_ancestor(cls: type) -> type | None:
+    """The pruned class in ``cls``'s MRO: ``cls`` itself, or the class that a wrapper made at run
+    time (FSDP2's ``FSDP<Name>``) derives from."""
+    return next((c for c in cls.__mro__ if "_smoothprune_base" in c.__dict__), None)
+
+
 def base_class(module: torch.nn.Module) -> type:
     """The module's class before pruning."""
-    return type(module).__dict__.get("_smoothprune_base", type(module))
+    pruned = _pruned_ancestor(type(module))
+    return type(module) if pruned is None else pruned.__dict__["_smoothprune_base"]
+
+
+_WRAPPERS: dict[tuple[type, type], type] = {}
+
+
+def _set_class(module: torch.nn.Module, new: type) -> None:
+    """Gives ``module`` the (pruned or base) class ``new`` in place of its pruned or base class;
+    a class that a wrapper derived from it at run time (FSDP2's ``FSDP<Name>(FSDPModule, cls)``)
+    is derived again, alike, from ``new``."""
+    cls = type(module)
+    inner = _pruned_ancestor(cls) or base_class(module)
+    if cls is inner or cls is base_class(module):
+        module.__class__ = new
+        return
+    key = (cls, new)
+    if key not in _WRAPPERS:
+        bases = tuple(new if b is inner else b for b in cls.__bases__)
+        namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        _WRAPPERS[key] = type(cls.__name__, bases, namespace)
+    module.__class__ = _WRAPPERS[key]
 
 
 def _foreign_parametrized(module: torch.nn.Module, name: str) -> bool:
@@ -96,10 +129,22 @@ def hardened_raw(module: torch.nn.Module, name: str, hard: torch.Tensor) -> dict
 # ------------------------------------------------------------------------------------------------
 # the pruned classes
 # ------------------------------------------------------------------------------------------------
+def _fsdp_sharded_parameter(module: torch.nn.Module, tensor) -> bool:
+    """Whether ``tensor`` is the sharded Parameter that FSDP2 (``fully_shard``) registered on
+    ``module`` between forwards."""
+    return _DTensor is not None and isinstance(tensor, _DTensor) and isinstance(module, _FSDPModule)
+
+
 def _pruned_property(name: str) -> property:
     def get(self):
         spec = self._smoothprune[name]
-        return spec.weight(latent(self, name), self.training)
+        w = latent(self, name)
+        if _fsdp_sharded_parameter(self, w):
+            # FSDP2 finds its sharded Parameter under the module's attribute (it re-registers it
+            # on lazy init); the pruned weight of a sharded module is what its forward,
+            # state_dict() and smoothprune's functions read.
+            return w
+        return spec.weight(w, self.training)
 
     get.__name__ = name
     return property(get, doc=f"the pruned {name}: topk_mag of the latent Parameter (hardened in eval mode)")
@@ -150,7 +195,7 @@ def attach_(module: torch.nn.Module, name: str, spec) -> None:
     specs = dict(specs_of(module))
     specs[name] = spec
     module.__dict__[SPECS_ATTR] = specs
-    module.__class__ = _pruned_class(base_class(module), frozenset(specs))
+    _set_class(module, _pruned_class(base_class(module), frozenset(specs)))
 
 
 def detach_(module: torch.nn.Module, name: str) -> None:
@@ -160,7 +205,7 @@ def detach_(module: torch.nn.Module, name: str) -> None:
     base = base_class(module)
     if specs:
         module.__dict__[SPECS_ATTR] = specs
-        module.__class__ = _pruned_class(base, frozenset(specs))
+        _set_class(module, _pruned_class(base, frozenset(specs)))
     else:
         module.__dict__.pop(SPECS_ATTR, None)
-        module.__class__ = base
+        _set_class(module, base)

@@ -439,10 +439,10 @@ def sharded_allocation(tensors: list, keep: int) -> list[int]:
     Ties at the threshold go to earlier tensors first."""
     from torch.distributed.tensor import Shard
 
-    meshes = {id(t.device_mesh): t.device_mesh for t in tensors if is_dtensor(t)}
-    if len(meshes) != 1 or next(iter(meshes.values())).ndim != 1:
+    meshes = [t.device_mesh for t in tensors if is_dtensor(t)]
+    mesh = meshes[0]
+    if mesh.ndim != 1 or any(m != mesh for m in meshes):
         raise NotImplementedError("global scope over sharded tensors: expected every DTensor on one 1-d device mesh")
-    mesh = next(iter(meshes.values()))
     group = mesh.get_group(0)
     first = dist.get_rank(group) == 0
     parts = []

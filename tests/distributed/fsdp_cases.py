@@ -1,0 +1,88 @@
+"""Worker functions of test_fsdp.py: pruning under FSDP2 (`fully_shard`) on 2 gloo processes."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+import smoothprune as sp
+from smoothprune.pruning import pruned_tensors
+
+
+def make_mlp(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 4))
+
+
+def batches(steps: int, world: int):
+    """The same global batches on every rank: rank r trains on rows r::world."""
+    g = torch.Generator().manual_seed(123)
+    for _ in range(steps):
+        yield torch.randn(8 * world, 20, generator=g), torch.randint(0, 4, (8 * world,), generator=g)
+
+
+def train(model, steps: int, world: int, rank: int, shard: bool, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for x, y in batches(steps, world):
+        if shard:  # each rank its part of the batch; FSDP2 averages the gradients
+            x, y = x[rank::world], y[rank::world]
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def assert_close(got, want, key):
+    err = float((got - want).abs().max()) if got.numel() else 0.0
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), f"{key}: max |diff| {err:.3g}, kept {int((got != 0).sum())} vs {int((want != 0).sum())}"
+
+
+def full_state(model) -> dict:
+    """The model's state_dict as plain tensors (a sharded one gathered, for the comparison only)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        out[key] = value.full_tensor() if hasattr(value, "full_tensor") else value
+    return out
+
+
+def prune_then_shard_equals_one_process(rank: int, world: int, scope: str, sparsity, method: str) -> None:
+    kw = dict(lam=1e-2, p=4 / 3, scope=scope, method=method, relative_lam=True)
+    reference = make_mlp()
+    sp.prune_(reference, sparsity, **kw)
+    train(reference, 6, world, rank, shard=False)
+
+    model = make_mlp()
+    sp.prune_(model, sparsity, **kw)
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    train(model, 6, world, rank, shard=True)
+
+    # the latents are sharded DTensors; reading, reporting and the state_dict work on them
+    for _, spec, module, name in pruned_tensors(model):
+        latent = module._parameters[name]
+        assert type(latent).__name__ == "DTensor", type(latent)
+    report = sp.sparsity_report(model)
+    ref_report = sp.sparsity_report(reference)
+    assert abs(report.hard_total - ref_report.hard_total) < 1e-12, (report.hard_total, ref_report.hard_total)
+    got, want = full_state(model), reference.state_dict()
+    for key in want:
+        assert_close(got[key], want[key], key)
+        if key.endswith("weight"):  # the same entries are kept
+            assert torch.equal(got[key] != 0, want[key] != 0), key
+    # hardening in place keeps the DTensor Parameters
+    sp.harden_(model)
+    sp.harden_(reference)
+    assert not pruned_tensors(model)
+    got = full_state(model)
+    for key, value in reference.state_dict().items():
+        assert_close(got[key], value, key)
+    total = sum(int((v != 0).sum()) for k, v in got.items() if k.endswith("weight"))
+    numel = sum(v.numel() for k, v in got.items() if k.endswith("weight"))
+    if scope == "global":
+        assert total == round((1 - sparsity) * numel), (total, numel)

@@ -1,0 +1,14 @@
+"""Pruning under FSDP2 without Lightning: `sp.prune_` then `fully_shard`, on 2 real gloo
+processes, against one process training on the whole batches."""
+
+import pytest
+
+from tests.distributed import fsdp_cases
+from tests.distributed.launch import run_ranks
+
+
+@pytest.mark.parametrize("scope, sparsity, method", [("layer", 0.8, "smooth"), ("row", 0.75, "smooth"),
+                                                     ("2:4", None, "smooth"), ("global", 0.8, "smooth"),
+                                                     ("layer", 0.8, "hard"), ("layer", 0.8, "ste")])
+def test_prune_then_fully_shard_trains_like_one_process(scope, sparsity, method):
+    run_ranks(fsdp_cases.prune_then_shard_equals_one_process, scope, sparsity, method)
