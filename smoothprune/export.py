@@ -34,6 +34,7 @@ import tempfile
 import torch
 
 from smoothprune.checkpoint import hardened_state_dict
+from smoothprune.ops.sharded import is_dtensor
 
 FORMAT_VERSION = 1
 _SEP = "::"
@@ -112,6 +113,11 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
         pruning: what the file records of the pruning run (``smoothprune inspect`` shows it):
             ``{"target_sparsity": float, "sparsity": the schedule's value, "tensors": [names]}``.
 
+    A model whose state_dict holds sharded tensors (DTensors: FSDP2, tensor parallel) is
+    written by rank 0 of the default process group, every rank calling ``save_sparse``: each
+    tensor is gathered in turn and encoded before the next, so no rank ever holds the whole
+    dense model (rank 0 keeps the compact encodings; the other ranks return shapes only).
+
     Returns:
         The per-tensor metadata written (shape, dtype, encoding, nnz, sparsity).
 
@@ -133,18 +139,26 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
     state = _as_state_dict(model_or_state_dict)
     if not state:
         raise ValueError("save_sparse: nothing to save: the state_dict holds no tensors")
-    path = _destination(path)
+    sharded = any(is_dtensor(v) for v in state.values())
+    writer = not sharded or torch.distributed.get_rank() == 0
+    path = _destination(path) if writer else None
     tensors, entries, storages, views = {}, {}, set(), {}
     for name, value in state.items():
         if _SEP in name:
             raise ValueError(f"save_sparse: expected tensor names without {_SEP!r}, got {name!r}")
-        view = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        local = value.to_local() if is_dtensor(value) else value
+        view = (local.device, local.data_ptr(), value.dtype, tuple(value.shape), value.stride())
         if value.numel() and view in views:  # the same tensor under a second name: stored once
             first = views[view]
             entries[name] = {k: entries[first][k] for k in ("shape", "dtype", "nnz", "sparsity")}
             entries[name] |= {"encoding": "alias", "alias_of": first, "sha256": {}}
             continue
         views.setdefault(view, name)
+        if is_dtensor(value):  # gathered one tensor at a time (every rank takes part); rank 0 keeps it
+            value = value.full_tensor()
+        if not writer:
+            entries[name] = {"shape": list(value.shape)}
+            continue
         stored, entry = _encode(name, value)
         for key, t in stored.items():  # tied tensors share storage, which safetensors refuses
             if t.numel() and t.untyped_storage().data_ptr() in storages:
@@ -152,6 +166,8 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
             storages.add(stored[key].untyped_storage().data_ptr())
         tensors |= stored
         entries[name] = entry
+    if not writer:
+        return entries
     header = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta = {"format_version": FORMAT_VERSION, "tensors": entries, "tensors_sha256": _entries_digest(entries)}
     if pruning is not None:

@@ -41,6 +41,7 @@ from smoothprune.export import save_sparse
 from smoothprune.lightning.integration import Gates, averaged_models, mirror_pruning_, unmirror_
 from smoothprune.nn.parametrizations import METHODS
 from smoothprune.nn.pruned import raw_tensors
+from smoothprune.ops.sharded import is_dtensor
 from smoothprune.ops._checks import check_algorithm, check_bool
 from smoothprune.pruning import (
     harden_,
@@ -65,7 +66,7 @@ DEFAULT_P = 4 / 3
 # The last part of training fine-tunes the hard-pruned weights (what is exported), also chosen
 # by benchmarks/defaults.py.
 DEFAULT_FINETUNE = 0.25
-_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+_REFUSED = ("FSDP", "DeepSpeed")  # FSDP1 and DeepSpeed: flat parameters, not the user's tensors
 
 
 def _enable_console_log() -> None:
@@ -244,10 +245,11 @@ class SmoothPruningImpl:
         if stage not in (None, "fit"):  # validate / test / predict leave the model as it is
             return
         strategy = type(trainer.strategy).__name__
-        if any(s in strategy for s in _SHARDED):
+        if any(s in strategy for s in _REFUSED):
             raise RuntimeError(
-                f"SmoothPruning: the {strategy} strategy shards parameters, and sharded pruning is not supported "
-                "yet (smoothprune needs each pruned tensor whole on every rank); use strategy='ddp' or a single device"
+                f"SmoothPruning: the {strategy} strategy is not supported (it flattens the parameters into buffers "
+                "of its own, so the pruned tensors are not the model's); for sharded training use "
+                "ModelParallelStrategy (FSDP2: fully_shard in your configure_model), or strategy='ddp'"
             )
         if self._legacy_hook is None:
             self._legacy_hook = pl_module.register_load_state_dict_pre_hook(legacy_load_hook)
@@ -267,17 +269,10 @@ class SmoothPruningImpl:
             prune_(pl_module, None if self._nm else self.current_sparsity, lam=self.current_lam, p=self.p,
                    method=self.method, targets=self.parameters_to_prune, exclude=self.exclude, scope=self.scope,
                    algorithm=self.algorithm, num_iter=self.num_iter, relative_lam=self.relative_lam)
-        set_sparsity_(pl_module, self.current_sparsity)
-        set_lam_(pl_module, self.current_lam)
-        self._restore_latents(pl_module, (self._pending or {}).get("latents"))
         self._averaged = averaged_models(trainer)
-        for key, copy in self._averaged.items():
+        for copy in self._averaged.values():
             mirror_pruning_(pl_module, copy)
-            self._restore_latents(copy, (self._pending or {}).get("averaged_latents", {}).get(key))
-        self._pending = None
-        refresh_global_(pl_module)
-        self._set_finetuning(pl_module, self._clock(trainer), force=True)
-        self.reached_target = self._at_target()
+        self._apply_state(trainer, pl_module)
         if self.best_at_target:
             self._gates.hold_checkpoints(trainer, self._at_target)
         if self.hold_early_stopping:
@@ -288,6 +283,31 @@ class SmoothPruningImpl:
                 names = [q for q, *_ in pruned_tensors(pl_module)]
                 log.info("SmoothPruning: pruning %d tensors (%s scope, %s, target sparsity %.4f): %s", len(names),
                          self.scope, self.method, self.target_sparsity, ", ".join(names))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Strategies that load a checkpoint into the model they have sharded (ModelParallelStrategy)
+        # restore it after on_fit_start: its schedule state and latents are applied here.
+        if self._pending is not None and pruned_tensors(pl_module):
+            if self.completed:
+                self.current_sparsity = self.target_sparsity
+                self.current_lam = float(self.lam_schedule.at(10**12))
+            self._apply_state(trainer, pl_module)
+
+    def _apply_state(self, trainer, pl_module) -> None:
+        """Writes the schedules' current values into the pruned model (whose specs its averaged
+        copies share) and, when resuming, the checkpoint's latent weights."""
+        pending, self._pending = self._pending or {}, None
+        set_sparsity_(pl_module, self.current_sparsity)
+        set_lam_(pl_module, self.current_lam)
+        latents = pending.get("latents")
+        if latents == SHARDED_LATENTS:
+            latents = _read_sharded_latents(pl_module, trainer.ckpt_path)
+        self._restore_latents(pl_module, latents)
+        for key, copy in self._averaged.items():
+            self._restore_latents(copy, pending.get("averaged_latents", {}).get(key))
+        refresh_global_(pl_module)
+        self._set_finetuning(pl_module, self._clock(trainer), force=True)
+        self.reached_target = self._at_target()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.interval == "step":
@@ -329,6 +349,13 @@ class SmoothPruningImpl:
             "latents": _latents(pl_module),
             "averaged_latents": {key: _latents(copy) for key, copy in self._averaged.items()},
         }
+        if any(is_dtensor(t) for t in entry["latents"].values()) and isinstance(checkpoint.get("state_dict"), dict):
+            # A sharded model's checkpoint is a distributed one: its "state_dict" is written shard by
+            # shard, the rest pickled by rank 0 alone. The latents go with the state_dict, under
+            # keys of their own that no module loads.
+            for key, tensor in entry["latents"].items():
+                checkpoint["state_dict"][SHARDED_LATENT_PREFIX + key] = tensor
+            entry["latents"] = SHARDED_LATENTS
         checkpoint["smoothprune"] = entry
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -480,12 +507,18 @@ class SmoothPruningImpl:
             self.completed = True
         if self.make_pruning_permanent and names:
             harden_(pl_module)
-            if self.verbose and trainer.is_global_zero:
-                log.info("SmoothPruning: hardened the model\n%s", sparsity_report(pl_module))
+            if self.verbose:
+                report = sparsity_report(pl_module)  # (every rank: a sharded model's counts are collectives)
+                if trainer.is_global_zero:
+                    log.info("SmoothPruning: hardened the model\n%s", report)
         if self.export_path is not None:
-            if trainer.is_global_zero:
+            sharded = _has_sharded_tensors(pl_module)
+            if sharded and not synchronize:
+                warnings.warn("SmoothPruning: the run was interrupted; a sharded model is not exported then "
+                              "(every rank would have to take part)", stacklevel=2)
+            elif trainer.is_global_zero or sharded:  # sharded: every rank gathers, rank 0 writes
                 save_sparse(pl_module, self.export_path, pruning=pruning)
-                if self.verbose:
+                if self.verbose and trainer.is_global_zero:
                     log.info("SmoothPruning: wrote %s", self.export_path)
             if synchronize:
                 trainer.strategy.barrier("smoothprune_export")
@@ -524,6 +557,26 @@ class SmoothPruningImpl:
         for t in report.tensors:
             pl_module.log(f"pruning/sparsity/{t.name}", t.hard_sparsity, **kw)
         return report
+
+
+SHARDED_LATENT_PREFIX = "_smoothprune_latent."  # a sharded checkpoint's latents, in its state_dict
+SHARDED_LATENTS = "in the distributed checkpoint's state_dict"
+
+
+def _read_sharded_latents(model, path) -> dict:
+    """The latents of a distributed checkpoint, read shard by shard into DTensors like the model's."""
+    import torch.distributed.checkpoint as dcp
+
+    if path is None or not os.path.isdir(path):
+        raise ValueError(f"SmoothPruning: the checkpoint keeps its latent weights in a distributed checkpoint "
+                         f"folder, got ckpt_path={path!r}")
+    state = {SHARDED_LATENT_PREFIX + key: tensor.detach().clone() for key, tensor in _latent_tensors(model)}
+    dcp.load({"state_dict": state}, checkpoint_id=path)
+    return {key[len(SHARDED_LATENT_PREFIX):]: tensor for key, tensor in state.items()}
+
+
+def _has_sharded_tensors(model) -> bool:
+    return any(is_dtensor(t) for t in model.parameters())
 
 
 def _latent_tensors(model):

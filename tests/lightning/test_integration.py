@@ -574,12 +574,13 @@ def test_checkpoints_of_smoothprune_0_1_still_resume_and_export(tmp_path):
     Classifier(Net()).load_state_dict(sp.load_sparse(tmp_path / "old.st"), strict=True)
 
 
-def test_sharded_strategies_are_refused_at_setup_with_what_to_use(tmp_path):
-    from lightning.pytorch.strategies import ModelParallelStrategy
+def test_fsdp1_is_refused_at_setup_naming_model_parallel():
+    """Lightning's FSDPStrategy needs a GPU (a CPU Trainer refuses it before any callback runs),
+    so the callback's setup is called with a real FSDPStrategy on a stand-in for the Trainer."""
+    from types import SimpleNamespace
 
-    trainer = _trainer(tmp_path, [SmoothPruning(0.5)], strategy=ModelParallelStrategy(), max_steps=1)
-    with pytest.raises(RuntimeError, match="the ModelParallelStrategy strategy shards parameters, and sharded pruning "
-                                           "is not supported yet .* use strategy='ddp' or a single device"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(Classifier(Net()), loader())
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(RuntimeError, match="the FSDPStrategy strategy is not supported .* use ModelParallelStrategy "
+                                           r"\(FSDP2: fully_shard in your configure_model\), or strategy='ddp'"):
+        SmoothPruning(0.5).setup(SimpleNamespace(strategy=FSDPStrategy()), Classifier(Net()), "fit")
