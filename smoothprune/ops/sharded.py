@@ -92,12 +92,6 @@ def _all_gather(t: torch.Tensor, group) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 # selection
 # ------------------------------------------------------------------------------------------------
-def _s64(value: int) -> int:
-    """A 64-bit pattern as the signed int64 that holds it."""
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >> 63 else value
-
-
 def _ordered(keys: torch.Tensor) -> torch.Tensor:
     """float64 keys -> int64 bit patterns that order as unsigned integers like the keys
     (-0.0 is read as +0.0, which it equals)."""
@@ -126,21 +120,19 @@ def sharded_kth_largest(keys: torch.Tensor, k: torch.Tensor, group=None) -> KthL
     """The k-th and (k+1)-th largest of each row of float64 ``keys`` ``[R, n_r]`` spread over
     ``group`` (``k`` an int64 ``[R]`` with ``1 <= k <= n``; the keys finite)."""
     rows = keys.shape[0]
-    u = _ordered(keys)
-    row_base = (torch.arange(rows, device=keys.device) * _BUCKETS).unsqueeze(1)
+    # the candidates still matching t_k's bits chosen so far, flat, with their rows
+    u = _ordered(keys).reshape(-1)
+    row_of = torch.arange(rows, device=keys.device).repeat_interleave(keys.shape[1])
     chosen = torch.zeros(rows, dtype=torch.int64, device=keys.device)  # t_k's ordered bits so far
-    remaining = k.clone()  # rank of t_k among the keys still matching the prefix
+    remaining = k.clone()  # rank of t_k among the candidates
     above = torch.zeros_like(k)
     ties = torch.zeros_like(k)
     for r in range(_ROUNDS):
         shift = 64 - _BITS * (r + 1)
-        high = _s64(~((1 << (shift + _BITS)) - 1)) if r else 0  # the bits chosen in earlier rounds
-        active = (u & high) == (chosen & high).unsqueeze(1)
         digit = (u >> shift) & (_BUCKETS - 1)
-        index = (row_base + digit)[active]
-        hist = torch.bincount(index, minlength=rows * _BUCKETS).to(torch.int64)
+        hist = torch.bincount(row_of * _BUCKETS + digit, minlength=rows * _BUCKETS).to(torch.int64)
         hist = _all_reduce(hist, dist.ReduceOp.SUM, group).view(rows, _BUCKETS)
-        from_top = hist.flip(1).cumsum(1)  # keys in this bucket or above
+        from_top = hist.flip(1).cumsum(1)  # candidates in this bucket or above
         pos = (from_top < remaining.unsqueeze(1)).sum(1)  # first bucket from the top reaching the rank
         bucket = _BUCKETS - 1 - pos
         in_bucket = hist.gather(1, bucket.unsqueeze(1)).squeeze(1)
@@ -149,6 +141,8 @@ def sharded_kth_largest(keys: torch.Tensor, k: torch.Tensor, group=None) -> KthL
         remaining -= higher
         ties = in_bucket
         chosen |= bucket << shift
+        keep = digit == bucket[row_of]
+        u, row_of = u[keep], row_of[keep]
     tk = _from_ordered(chosen)
     n_total = above + ties  # keys >= t_k
     below_tk = torch.where(keys < tk.unsqueeze(1), keys, keys.new_tensor(-torch.inf))
@@ -396,8 +390,9 @@ def sharded_groups(w, group_size: int, fn: str = "sharded top-k") -> ShardedGrou
     """Splits a DTensor into groups of ``group_size`` consecutive entries (see `ShardedGroups`).
 
     Supported: placements that replicate or shard one tensor dim ``d`` over one mesh dim, where
-    either each group lies within one index of ``d`` (a row of a ``Shard(0)`` weight, N:M groups)
-    or each group spans dim ``d`` whole (a whole tensor, a row of a ``Shard(1)`` weight).
+    either every shard boundary is a group boundary (a row of a ``Shard(0)`` weight, N:M groups
+    that the shards do not cut) or each group spans dim ``d`` whole (a whole tensor, a row of a
+    ``Shard(1)`` weight).
     ``Partial`` placements are reduced first.
     """
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
@@ -424,7 +419,9 @@ def sharded_groups(w, group_size: int, fn: str = "sharded top-k") -> ShardedGrou
     for s in shape[d + 1:]:
         inner *= s
     span = inner * shape[d]
-    if group_size and inner % group_size == 0:
+    chunk = -(-shape[d] // mesh.size(mesh_dim))  # rows of dim d per rank (torch's Shard: the last ones may be fewer)
+    if group_size and span % group_size == 0 and (chunk * inner) % group_size == 0:
+        # every shard boundary is a group boundary: each group is whole on one rank
         return ShardedGroups(local.reshape(-1, group_size), None, rebuild)
     if group_size and group_size % span == 0:
         return ShardedGroups(local.reshape(numel // group_size, -1), mesh.get_group(mesh_dim), rebuild)

@@ -86,3 +86,42 @@ def prune_then_shard_equals_one_process(rank: int, world: int, scope: str, spars
     numel = sum(v.numel() for k, v in got.items() if k.endswith("weight"))
     if scope == "global":
         assert total == round((1 - sparsity) * numel), (total, numel)
+
+
+def dtensor_weights_read_like_whole_tensors(rank: int, world: int) -> None:
+    """A pruned weight held as a DTensor (a tensor-parallel Shard(0) / Shard(1) weight that is
+    never gathered, or a replicated one): the pruned weight and its gradient equal those of the
+    whole tensor, for groups inside a shard (rows of Shard(0), 2:4) and across shards (a whole
+    tensor, rows of Shard(1)); groups that a shard boundary would cut are refused."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from smoothprune.nn.parametrizations import PARAMETRIZATIONS
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(8, 16, generator=g, dtype=torch.float64)
+    grad = torch.randn(8, 16, generator=g, dtype=torch.float64)
+    groups = {"layer": 128, "row": 16, "2:4": 4}
+    for scope, group in groups.items():
+        for method in ("smooth", "hard"):
+            spec = PARAMETRIZATIONS[method](w.shape, group, 0.5, 0.05, 4 / 3, scope)
+            whole = w.clone().requires_grad_()
+            want = spec(whole)
+            want.backward(grad)
+            for placement in (Shard(0), Shard(1), Replicate()):
+                dt = distribute_tensor(w, mesh, [placement]).requires_grad_()
+                got = spec(dt)
+                assert type(got).__name__ == "DTensor" and got.placements == (placement,)
+                got.backward(distribute_tensor(grad, mesh, [placement]))
+                assert torch.allclose(got.full_tensor(), want.detach(), rtol=1e-12, atol=1e-14), (scope, method, placement)
+                assert torch.allclose(dt.grad.full_tensor(), whole.grad, rtol=1e-12, atol=1e-12), (scope, method, placement)
+                hard = spec.hard(dt.detach())
+                assert torch.equal(hard.full_tensor(), spec.hard(w)), (scope, method, placement)
+    cut = PARAMETRIZATIONS["smooth"]((8, 12), 4, 0.5, 0.05, 4 / 3, "2:4")  # 6 columns per rank: 4-groups cut
+    try:
+        cut(distribute_tensor(torch.randn(8, 12, dtype=torch.float64), mesh, [Shard(1)]))
+    except NotImplementedError as exc:
+        assert "groups of 4 entries of a (8, 12) tensor sharded along dim 1 would be cut" in str(exc)
+    else:
+        raise AssertionError("groups cut by the shards were not refused")

@@ -12,3 +12,7 @@ from tests.distributed.launch import run_ranks
                                                      ("layer", 0.8, "hard"), ("layer", 0.8, "ste")])
 def test_prune_then_fully_shard_trains_like_one_process(scope, sparsity, method):
     run_ranks(fsdp_cases.prune_then_shard_equals_one_process, scope, sparsity, method)
+
+
+def test_dtensor_weights_read_like_whole_tensors():
+    run_ranks(fsdp_cases.dtensor_weights_read_like_whole_tensors)

@@ -272,7 +272,7 @@ def test_verbose_reports(caplog):
     assert "pruning 3 tensors" in text and "hardened sparsity" in text and "head.weight" in text and "total" in text
 
 
-def test_fsdp_is_refused_at_setup_with_a_clear_error():
+def test_fsdp1_is_refused_at_setup_naming_model_parallel():
     # Lightning's FSDP needs a GPU, so no real FSDP Trainer can run here: the callback gets a
     # real FSDPStrategy object on a minimal stand-in for the trainer.
     from types import SimpleNamespace
@@ -280,7 +280,8 @@ def test_fsdp_is_refused_at_setup_with_a_clear_error():
     from lightning.pytorch.strategies import FSDPStrategy
 
     cb = SmoothPruning(0.5)
-    with pytest.raises(RuntimeError, match="SmoothPruning: the FSDPStrategy strategy shards parameters"):
+    with pytest.raises(RuntimeError, match="SmoothPruning: the FSDPStrategy strategy is not supported .* use "
+                                           r"ModelParallelStrategy \(FSDP2: fully_shard in your configure_model\)"):
         cb.setup(SimpleNamespace(strategy=FSDPStrategy(), is_global_zero=True), torch.nn.Linear(4, 4), "fit")
 
 

@@ -573,14 +573,3 @@ def test_checkpoints_of_smoothprune_0_1_still_resume_and_export(tmp_path):
     assert run.returncode == 0 and "its target is not recorded" in run.stdout, run.stderr
     Classifier(Net()).load_state_dict(sp.load_sparse(tmp_path / "old.st"), strict=True)
 
-
-def test_fsdp1_is_refused_at_setup_naming_model_parallel():
-    """Lightning's FSDPStrategy needs a GPU (a CPU Trainer refuses it before any callback runs),
-    so the callback's setup is called with a real FSDPStrategy on a stand-in for the Trainer."""
-    from types import SimpleNamespace
-
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    with pytest.raises(RuntimeError, match="the FSDPStrategy strategy is not supported .* use ModelParallelStrategy "
-                                           r"\(FSDP2: fully_shard in your configure_model\), or strategy='ddp'"):
-        SmoothPruning(0.5).setup(SimpleNamespace(strategy=FSDPStrategy()), Classifier(Net()), "fit")
