@@ -5,9 +5,11 @@
 pruned per output row, ...; ``n_r`` may differ between ranks). The result equals the
 single-device operator applied to the whole rows, without ever gathering a row:
 
-1. **Selection.** The k-th largest key ``t_k`` of every row is found by a radix selection on the
-   keys' ordered float64 bits: 8 rounds, each an all-reduce of a ``[R, 256]`` histogram of the
-   next 8 bits of the keys still matching the prefix chosen so far. ``t_{k+1}`` is ``t_k`` when
+1. **Selection.** The k-th largest key ``t_k`` of every row is found by a distributed selection:
+   an all-reduce of the rows' min and max and of a ``[R, 1024]`` histogram of equal-width value
+   buckets keeps only the keys of the bucket holding ``t_k``; on those, a radix selection on
+   the keys' ordered float64 bits: 8 rounds, each an all-reduce of a ``[R, 256]`` histogram of
+   the next 8 bits of the candidates still matching the prefix chosen so far. ``t_{k+1}`` is ``t_k`` when
    ties reach past ``k``, otherwise one all-reduce (max) of the keys below ``t_k``.
 2. **Window.** Every entry of a row is a singleton of the isotonic regression (its output known
    in closed form: kept or pruned) except the block pooled at the junction of ranks ``k`` and
@@ -24,7 +26,7 @@ single-device operator applied to the whole rows, without ever gathering a row:
    the incoming gradient on the window entries and runs the native backward of the same
    reduced row.
 
-Communication per call is ``O(R · 256 · 8 + window)`` numbers, not ``O(n)``; `Traffic` counts
+Communication per call is ``O(R · (1024 + 256 · 8) + window)`` numbers, not ``O(n)``; `Traffic` counts
 it. The hard top-k uses the same selection; its ties at ``t_k`` are broken by rank, then by
 position within the rank (the single-device ``torch.topk`` breaks them its own way: the two can
 differ only where several entries tie exactly at ``t_k``).
@@ -42,7 +44,8 @@ from smoothprune.ops.soft_topk import soft_topk_last_dim
 __all__ = ["Traffic", "traffic", "sharded_soft_topk", "sharded_hard_topk_mask", "sharded_kth_largest", "ShardedGroups",
            "sharded_groups", "is_dtensor", "sharded_allocation"]
 
-_BITS = 8  # bits of the ordered key chosen per round
+_VALUE_BUCKETS = 1024  # the first round's equal-width value buckets
+_BITS = 8  # bits of the ordered key chosen per radix round
 _BUCKETS = 1 << _BITS
 _ROUNDS = 64 // _BITS
 _WINDOW_MARGIN = 1e-9  # relative widening of the window: far above float64 rounding of its bounds
@@ -105,6 +108,18 @@ def _from_ordered(u: torch.Tensor) -> torch.Tensor:
     return torch.where(signed < 0, signed ^ _LOW63, signed).view(torch.float64)
 
 
+def _pick_bucket(hist: torch.Tensor, rank: torch.Tensor):
+    """Per row of ``hist`` (counts of ascending buckets): the bucket holding the ``rank``-th
+    largest, how many lie in the buckets above it, and how many in it."""
+    buckets = hist.shape[1]
+    from_top = hist.flip(1).cumsum(1)  # counts in this bucket or above
+    pos = (from_top < rank.unsqueeze(1)).sum(1).clamp_max(buckets - 1)  # first bucket from the top reaching it
+    bucket = buckets - 1 - pos
+    in_bucket = hist.gather(1, bucket.unsqueeze(1)).squeeze(1)
+    higher = from_top.gather(1, pos.unsqueeze(1)).squeeze(1) - in_bucket
+    return bucket, higher, in_bucket
+
+
 @dataclasses.dataclass
 class KthLargest:
     """Per row: ``t_k``, ``t_{k+1}`` (``-inf`` where ``k = n``) and how many keys exceed ``t_k``."""
@@ -119,27 +134,42 @@ class KthLargest:
 def sharded_kth_largest(keys: torch.Tensor, k: torch.Tensor, group=None) -> KthLargest:
     """The k-th and (k+1)-th largest of each row of float64 ``keys`` ``[R, n_r]`` spread over
     ``group`` (``k`` an int64 ``[R]`` with ``1 <= k <= n``; the keys finite)."""
-    rows = keys.shape[0]
-    # the candidates still matching t_k's bits chosen so far, flat, with their rows
-    u = _ordered(keys).reshape(-1)
-    row_of = torch.arange(rows, device=keys.device).repeat_interleave(keys.shape[1])
-    chosen = torch.zeros(rows, dtype=torch.int64, device=keys.device)  # t_k's ordered bits so far
-    remaining = k.clone()  # rank of t_k among the candidates
+    rows, n_local = keys.shape
+    dev = keys.device
     above = torch.zeros_like(k)
+    # Round 0: equal-width value buckets between each row's global min and max narrow the
+    # candidates to the bucket holding t_k (buckets are monotone in the key, so they split the
+    # order); the radix rounds then run on those few candidates only.
+    if n_local:
+        extremes = torch.cat([keys.amax(1), -keys.amin(1)])
+    else:
+        extremes = torch.full((2 * rows,), -torch.inf, dtype=torch.float64, device=dev)
+    extremes = _all_reduce(extremes, dist.ReduceOp.MAX, group)
+    mx, mn = extremes[:rows], -extremes[rows:]
+    inv_width = _VALUE_BUCKETS / (mx - mn)
+    usable = torch.isfinite(inv_width) & (mx > mn)  # (all keys equal, or a range beyond float64)
+    inv_width = torch.where(usable, inv_width, 0.0)
+    shifted = (keys - torch.where(usable, mn, 0.0).unsqueeze(1)) * inv_width.unsqueeze(1)
+    bucket_of = shifted.floor_().clamp_(0, _VALUE_BUCKETS - 1).to(torch.int64)
+    row_base = torch.arange(rows, device=dev).unsqueeze(1) * _VALUE_BUCKETS
+    hist = torch.bincount((bucket_of + row_base).reshape(-1), minlength=rows * _VALUE_BUCKETS).to(torch.int64)
+    hist = _all_reduce(hist, dist.ReduceOp.SUM, group).view(rows, _VALUE_BUCKETS)
+    bucket, higher, _ = _pick_bucket(hist, k)
+    above += higher
+    remaining = k - higher  # rank of t_k among the candidates
+    candidate = bucket_of == bucket.unsqueeze(1)
+    u = _ordered(keys[candidate])
+    row_of = torch.arange(rows, device=dev).unsqueeze(1).expand(rows, n_local)[candidate]
+    chosen = torch.zeros(rows, dtype=torch.int64, device=dev)  # t_k's ordered bits so far
     ties = torch.zeros_like(k)
     for r in range(_ROUNDS):
         shift = 64 - _BITS * (r + 1)
         digit = (u >> shift) & (_BUCKETS - 1)
         hist = torch.bincount(row_of * _BUCKETS + digit, minlength=rows * _BUCKETS).to(torch.int64)
         hist = _all_reduce(hist, dist.ReduceOp.SUM, group).view(rows, _BUCKETS)
-        from_top = hist.flip(1).cumsum(1)  # candidates in this bucket or above
-        pos = (from_top < remaining.unsqueeze(1)).sum(1)  # first bucket from the top reaching the rank
-        bucket = _BUCKETS - 1 - pos
-        in_bucket = hist.gather(1, bucket.unsqueeze(1)).squeeze(1)
-        higher = from_top.gather(1, pos.unsqueeze(1)).squeeze(1) - in_bucket
+        bucket, higher, ties = _pick_bucket(hist, remaining)
         above += higher
         remaining -= higher
-        ties = in_bucket
         chosen |= bucket << shift
         keep = digit == bucket[row_of]
         u, row_of = u[keep], row_of[keep]
@@ -178,9 +208,14 @@ class _Reduced:
 
 def _pad_values(lo: torch.Tensor, hi: torch.Tensor, magnitude: bool):
     """Per row: a key surely kept (above ``hi``) and one surely pruned (below ``lo``), or NaN
-    where float64 has none."""
-    kept = hi + hi.abs().clamp_min(1.0)
-    pruned = torch.zeros_like(lo) if magnitude else lo - lo.abs().clamp_min(1.0)
+    where float64 has none. Powers of two (and 0), so that every float dtype holds them exactly
+    where its range reaches them."""
+
+    def power_above(v):
+        return torch.exp2(torch.ceil(torch.log2(v.abs().clamp_min(1.0))) + 1)
+
+    kept = power_above(hi)
+    pruned = torch.zeros_like(lo) if magnitude else -power_above(lo)
     kept = torch.where(torch.isfinite(kept), kept, torch.nan)
     ok = (lo > 0) if magnitude else torch.isfinite(pruned)
     return kept, torch.where(ok, pruned, torch.nan)
@@ -191,15 +226,20 @@ class _ShardedSoftTopK(torch.autograd.Function):
     def forward(ctx, x, k: int, lam: float, p: float, magnitude: bool, debias: bool, group):
         rows, n_local = x.shape
         dev = x.device
-        xd = x.detach().to(torch.float64)
-        keys = xd.abs() if magnitude else xd
-        bad_local = (~torch.isfinite(xd)).any(1) if n_local else torch.zeros(rows, dtype=torch.bool, device=dev)
+        xd = x.detach()
+        keys = (xd.abs() if magnitude else xd).to(torch.float64)  # (exact: every float dtype fits in float64)
+        if n_local:  # a NaN or Inf shows in the row's max or min
+            bad_local = ~(torch.isfinite(keys.amax(1)) & torch.isfinite(keys.amin(1)))
+        else:
+            bad_local = torch.zeros(rows, dtype=torch.bool, device=dev)
         n = torch.tensor([n_local], dtype=torch.int64, device=dev)
         head = _all_reduce(torch.cat([bad_local.to(torch.int64), n]), dist.ReduceOp.SUM, group)
         bad, n_total = head[:rows] > 0, int(head[rows])
         if not 0 <= k <= n_total:
             raise ValueError(f"sharded top-k: expected 0 <= k <= {n_total} (the row's length over all ranks), got k={k}")
-        keys = torch.where(bad.unsqueeze(1), 0.0, keys)
+        any_bad = bool(bad.any())
+        if any_bad:
+            keys = torch.where(bad.unsqueeze(1), 0.0, keys)
         kk = torch.full((rows,), k, dtype=torch.int64, device=dev)
         if 0 < k:
             sel = sharded_kth_largest(keys, kk, group)
@@ -215,13 +255,13 @@ class _ShardedSoftTopK(torch.autograd.Function):
         remote_above = above_all - counts[:rows]
         # the window entries of every rank: (row, value) as float64 pairs
         w_rows, w_cols = window.nonzero(as_tuple=True)
-        mine = torch.stack([w_rows.to(torch.float64), xd[w_rows, w_cols]], 1)
+        mine = torch.stack([w_rows.to(torch.float64), xd[w_rows, w_cols].to(torch.float64)], 1)
         me = dist.get_rank(group)
         parts = _all_gather(mine, group)
         remote = torch.cat([part for r, part in enumerate(parts) if r != me]) if len(parts) > 1 else mine[:0]
         remote_rows, remote_vals = remote[:, 0].to(torch.int64), remote[:, 1]
         reduced = _build_reduced(xd, remote_rows, remote_vals, k - remote_above, lo, hi, magnitude)
-        y = torch.empty_like(xd)
+        y = None if len(reduced) == 1 else torch.empty_like(x)
         solved = []
         for red in reduced:
             k_t = torch.tensor(red.k, dtype=torch.int64)
@@ -229,31 +269,38 @@ class _ShardedSoftTopK(torch.autograd.Function):
             with torch.enable_grad():
                 xr = red.x.detach().requires_grad_(x.requires_grad)
                 yr = soft_topk_last_dim(xr, k_t, lam_t, p, magnitude, debias)
-            y[red.rows] = yr[:, :n_local].detach()
+            if y is None:  # (one batch of every row, in order)
+                y = yr[:, :n_local].detach()
+            else:
+                y[red.rows] = yr[:, :n_local].detach()
             solved.append((red, xr, yr))
-        y = torch.where(bad.unsqueeze(1), torch.nan, y)
+        if y is None:
+            y = torch.empty_like(x)
+        if any_bad:
+            y = torch.where(bad.unsqueeze(1), torch.nan, y)
         ctx.solved, ctx.group, ctx.window = solved, group, (w_rows, w_cols)
         ctx.n_local, ctx.remote_rows, ctx.me, ctx.bad = n_local, remote_rows, me, bad
         ctx.dtype = x.dtype
-        return y.to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        g = grad.detach().to(torch.float64)
+        g = grad.detach()
         w_rows, w_cols = ctx.window
-        parts = _all_gather(g[w_rows, w_cols], ctx.group)
+        parts = _all_gather(g[w_rows, w_cols].to(torch.float64), ctx.group)
         g_remote = torch.cat([part for r, part in enumerate(parts) if r != ctx.me]) if len(parts) > 1 else g[:0, 0]
         gx = torch.zeros_like(g)
         for red, xr, yr in ctx.solved:
             if not xr.requires_grad:
                 continue
-            gr = torch.zeros_like(xr)
+            gr = torch.zeros_like(yr)
             gr[:, : ctx.n_local] = g[red.rows]
-            gr.view(-1)[red.remote_pos] = g_remote[red.remote_index]
+            gr.view(-1)[red.remote_pos] = g_remote[red.remote_index].to(gr.dtype)
             (gxr,) = torch.autograd.grad(yr, xr, gr)
-            gx[red.rows] = gxr[:, : ctx.n_local]
-        gx = torch.where(ctx.bad.unsqueeze(1), torch.nan, gx)
-        return gx.to(ctx.dtype), None, None, None, None, None, None
+            gx[red.rows] = gxr[:, : ctx.n_local].to(gx.dtype)
+        if bool(ctx.bad.any()):
+            gx = torch.where(ctx.bad.unsqueeze(1), torch.nan, gx)
+        return gx, None, None, None, None, None, None
 
 
 def _build_reduced(xd, remote_rows, remote_vals, k_rows, lo, hi, magnitude) -> list[_Reduced]:
@@ -293,7 +340,13 @@ def _build_reduced(xd, remote_rows, remote_vals, k_rows, lo, hi, magnitude) -> l
         take = local[remote_rows]
         r_idx, r_slot = index_of[remote_rows[take]], slot[take]
         extra[r_idx, r_slot] = remote_vals[take]
-        x_red = torch.cat([xd[sel_rows], extra], 1)
+        own = xd if sel_rows.numel() == rows else xd[sel_rows]
+        in_dtype = extra.to(xd.dtype)
+        pads_hold = bool(((in_dtype.to(torch.float64) == extra) | ~torch.isfinite(extra)).all()) and \
+            bool(torch.isfinite(in_dtype[torch.isfinite(extra)]).all())
+        # the row in x's dtype (what the single-device operator gets) where the pads are exact in
+        # it, else in float64 (which holds every dtype's values exactly)
+        x_red = torch.cat([own, in_dtype], 1) if pads_hold else torch.cat([own.to(torch.float64), extra], 1)
         red = _Reduced(sel_rows, x_red, k, r_idx * x_red.shape[1] + n_local + r_slot)
         red.remote_index = order[take]  # positions in the gathered (unsorted) remote entries
         out.append(red)

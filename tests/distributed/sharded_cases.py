@@ -133,8 +133,8 @@ def nan_rows_and_bad_k(rank: int, world: int) -> None:
 
 
 def traffic_is_window_sized(rank: int, world: int) -> None:
-    """Bytes sent per call stay ~8 rounds x 256 buckets x 8 bytes plus the window when the
-    shard doubles: O(buckets + window), not O(n)."""
+    """Bytes sent per call stay ~(1024 value buckets + 8 rounds x 256) x 8 bytes plus the window
+    when the shard doubles: O(buckets + window), not O(n)."""
     sent = []
     for n_local in (200_000, 400_000):
         x = torch.randn(1, n_local, dtype=torch.float32, generator=torch.Generator().manual_seed(rank))
@@ -142,4 +142,4 @@ def traffic_is_window_sized(rank: int, world: int) -> None:
         y = sharded.sharded_soft_topk(x, n_local // 5, lam=1e-4, p=2.0, magnitude=True)
         sent.append(sharded.traffic.bytes)
         assert int((y != 0).sum()) > 0
-    assert sent[0] < 20_000 and sent[1] < 1.1 * sent[0], sent  # the shards: 800 kB and 1.6 MB
+    assert sent[0] < 40_000 and sent[1] < 1.1 * sent[0], sent  # the shards: 800 kB and 1.6 MB
