@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from smoothprune.ops import _checks
+from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_hard_topk_mask
 
 
 def topk_mask_of(key: torch.Tensor, k, d: int) -> torch.Tensor:
@@ -33,6 +34,24 @@ def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torc
     return torch.where(torch.isfinite(x).all(d, keepdim=True), mask, torch.nan)
 
 
+def _hard_dtensor(fn: str, x, k, dim: int, magnitude: bool):
+    """A DTensor: each rank selects in its slices, or across shards where ``dim`` is sharded
+    (ties at the k-th key then go to lower ranks first)."""
+    _checks.check_input(fn, x)
+    d = _checks.check_dim(fn, x, dim)
+    k = int(_checks.check_k(fn, k, x.shape[d], dim, x))
+    op = hard_topk_mag if magnitude else hard_topk_mask
+
+    def spread_fn(rows, group):
+        mask = sharded_hard_topk_mask(rows.detach().abs() if magnitude else rows.detach(), k, group)
+        if not magnitude:
+            return mask
+        y = torch.where(mask != 0, rows, rows.new_zeros(()))
+        return torch.where(mask.isnan(), rows * mask, y)
+
+    return dtensor_along_dim(x, d, lambda local: op(local, k, dim=d), spread_fn, fn)
+
+
 def hard_topk_mask(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
     """Hard top-k mask: 1 on the ``k`` largest entries of each slice along ``dim``, 0 elsewhere.
 
@@ -55,6 +74,8 @@ def hard_topk_mask(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
         >>> sp.hard_topk_mask(torch.tensor([-5., -2., 3., 1.]), k=2)
         tensor([0., 0., 1., 1.])
     """
+    if is_dtensor(x):
+        return _hard_dtensor("hard_topk_mask", x, k, dim, magnitude=False)
     return _hard_mask("hard_topk_mask", x, x, k, dim)
 
 
@@ -78,6 +99,8 @@ def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
         tensor([-5., 0., 3., 0.])
     """
     _checks.check_input("hard_topk_mag", x)
+    if is_dtensor(x):
+        return _hard_dtensor("hard_topk_mag", x, k, dim, magnitude=True)
     if isinstance(x, torch.Tensor):
         mask = _hard_mask("hard_topk_mag", x.detach().abs(), x, k, dim)
         y = torch.where(mask != 0, x, x.new_zeros(()))  # +0.0 on pruned entries (x * 0 gives -0.0)

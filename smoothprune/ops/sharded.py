@@ -39,10 +39,16 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from smoothprune.ops.soft_topk import soft_topk_last_dim
+from smoothprune import _native  # noqa: F401  (loads the op library)
+
+
+def soft_topk_last_dim(x, k, lam, p: float, magnitude: bool, debias: bool):
+    """The native exact solver along the last dim (as `smoothprune.ops.soft_topk` calls it;
+    its autograd is registered in C++)."""
+    return torch.ops.smoothprune.soft_topk_forward(x, k, lam, p, magnitude, debias, False)[0]
 
 __all__ = ["Traffic", "traffic", "sharded_soft_topk", "sharded_hard_topk_mask", "sharded_kth_largest", "ShardedGroups",
-           "sharded_groups", "is_dtensor", "sharded_allocation"]
+           "sharded_groups", "is_dtensor", "sharded_allocation", "dtensor_along_dim"]
 
 _VALUE_BUCKETS = 1024  # the first round's equal-width value buckets
 _BITS = 8  # bits of the ordered key chosen per radix round
@@ -199,11 +205,15 @@ def _window_bounds(sel: KthLargest, lam: float, p: float, magnitude: bool):
     return lo, hi
 
 
+@dataclasses.dataclass
 class _Reduced:
-    """The rows one rank solves: its own entries, the others' window entries, and pads."""
+    """Rows one rank solves: its own entries, the others' window entries, and pads."""
 
-    def __init__(self, rows: torch.Tensor, x: torch.Tensor, k: int, remote_pos: torch.Tensor):
-        self.rows, self.x, self.k, self.remote_pos = rows, x, k, remote_pos
+    rows: torch.Tensor  # which of the R rows
+    x: torch.Tensor  # [rows, own + the others' window entries + pads]
+    k: int  # entries kept in each reduced row
+    remote_pos: torch.Tensor  # flat positions in x of the others' window entries...
+    remote_index: torch.Tensor  # ...and their positions in the gathered window entries
 
 
 def _pad_values(lo: torch.Tensor, hi: torch.Tensor, magnitude: bool):
@@ -270,7 +280,7 @@ class _ShardedSoftTopK(torch.autograd.Function):
                 xr = red.x.detach().requires_grad_(x.requires_grad)
                 yr = soft_topk_last_dim(xr, k_t, lam_t, p, magnitude, debias)
             if y is None:  # (one batch of every row, in order)
-                y = yr[:, :n_local].detach()
+                y = yr[:, :n_local].detach().to(x.dtype)
             else:
                 y[red.rows] = yr[:, :n_local].detach()
             solved.append((red, xr, yr))
@@ -279,8 +289,7 @@ class _ShardedSoftTopK(torch.autograd.Function):
         if any_bad:
             y = torch.where(bad.unsqueeze(1), torch.nan, y)
         ctx.solved, ctx.group, ctx.window = solved, group, (w_rows, w_cols)
-        ctx.n_local, ctx.remote_rows, ctx.me, ctx.bad = n_local, remote_rows, me, bad
-        ctx.dtype = x.dtype
+        ctx.n_local, ctx.me, ctx.bad = n_local, me, bad
         return y
 
     @staticmethod
@@ -347,9 +356,7 @@ def _build_reduced(xd, remote_rows, remote_vals, k_rows, lo, hi, magnitude) -> l
         # the row in x's dtype (what the single-device operator gets) where the pads are exact in
         # it, else in float64 (which holds every dtype's values exactly)
         x_red = torch.cat([own, in_dtype], 1) if pads_hold else torch.cat([own.to(torch.float64), extra], 1)
-        red = _Reduced(sel_rows, x_red, k, r_idx * x_red.shape[1] + n_local + r_slot)
-        red.remote_index = order[take]  # positions in the gathered (unsorted) remote entries
-        out.append(red)
+        out.append(_Reduced(sel_rows, x_red, k, r_idx * x_red.shape[1] + n_local + r_slot, order[take]))
     return out
 
 
@@ -514,3 +521,30 @@ def sharded_allocation(tensors: list, keep: int) -> list[int]:
         ties_left -= share
         out.append(gt + share)
     return out
+
+
+def dtensor_along_dim(x, dim: int, local_fn, spread_fn, fn: str):
+    """A top-k along ``dim`` of a DTensor, as a DTensor placed like ``x``.
+
+    Where every slice along ``dim`` is whole on its rank (``x`` replicated, or sharded along
+    another dim), ``local_fn(local_tensor)`` computes this rank's part; where ``dim`` itself is
+    sharded, ``spread_fn(rows, group)`` gets the local part as ``[slices, entries on this rank]``
+    and the process group the slices are spread over.
+    """
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+    if any(isinstance(pl, Partial) for pl in x.placements):
+        x = x.redistribute(x.device_mesh, [Replicate() if isinstance(pl, Partial) else pl for pl in x.placements])
+    mesh, placements = x.device_mesh, tuple(x.placements)
+    sharded = [(m, pl) for m, pl in enumerate(placements) if not isinstance(pl, Replicate)]
+    local = x.to_local()
+    if len(sharded) > 1 or (sharded and type(sharded[0][1]) is not Shard):
+        raise NotImplementedError(f"{fn}: a DTensor placed as {placements} on a {mesh.ndim}-d mesh; supported are "
+                                  "placements that shard one tensor dim over one mesh dim")
+    if not sharded or sharded[0][1].dim % x.dim() != dim:
+        y = local_fn(local)
+    else:
+        moved = local.movedim(dim, -1)
+        y = spread_fn(moved.reshape(-1, moved.shape[-1]), mesh.get_group(sharded[0][0]))
+        y = y.reshape(moved.shape).movedim(-1, dim)
+    return DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())

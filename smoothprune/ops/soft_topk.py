@@ -16,6 +16,7 @@ from smoothprune import _native  # noqa: F401  (loads the op library)
 from smoothprune.ops import _checks
 from smoothprune.ops._scalars import as_scalar_tensor, native_scalar_device
 from smoothprune.ops.dykstra import dykstra_soft_topk
+from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_soft_topk
 
 _OPS = torch.ops.smoothprune
 
@@ -62,6 +63,8 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     lam = _checks.check_lam(fn, lam, x)
     p = _checks.check_p(fn, p)
     algorithm = _checks.check_algorithm(fn, algorithm, p, num_iter, x.device)
+    if is_dtensor(x):
+        return _soft_topk_dtensor(fn, x, k, lam, p, d, algorithm, num_iter, magnitude, debias)
     last = d == x.dim() - 1
     x_last = x if last else x.movedim(d, -1)  # (a movedim view is an extra autograd node)
     if algorithm == "dykstra":
@@ -72,6 +75,23 @@ def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
         lam_t = as_scalar_tensor(lam, torch.float64, native_scalar_device(x, lam))
         y = soft_topk_last_dim(x_last, k_t, lam_t, p, magnitude, debias)
     return y if last else y.movedim(-1, d)
+
+
+def _soft_topk_dtensor(fn, x, k, lam, p, d, algorithm, num_iter, magnitude, debias):
+    """A DTensor: each rank solves its slices, or the exact top-k across shards where ``d`` is sharded."""
+    op = soft_topk_mag if magnitude else soft_topk_mask
+    extra = {"debias": debias} if magnitude else {}
+
+    def local_fn(local):
+        return op(local, k, lam=lam, p=p, dim=d, algorithm=algorithm, num_iter=num_iter, **extra)
+
+    def spread_fn(rows, group):
+        if algorithm == "dykstra":
+            raise NotImplementedError(f"{fn}: algorithm='dykstra' along a sharded dim (the exact top-k across "
+                                      "shards solves by PAV)")
+        return sharded_soft_topk(rows, int(k), lam=float(lam), p=p, magnitude=magnitude, debias=debias, group=group)
+
+    return dtensor_along_dim(x, d, local_fn, spread_fn, fn)
 
 
 def soft_topk_mask(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=None):

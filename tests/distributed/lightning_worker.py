@@ -23,7 +23,7 @@ import smoothprune as sp  # noqa: E402
 from smoothprune.lightning import SmoothPruning  # noqa: E402
 from tests.lightning.user_model import make_data  # noqa: E402
 
-STEPS = 32  # 2 epochs of 16 steps: the ramp ends at 16, hard fine-tuning from 24
+EPOCHS = 2  # of 16 steps: the ramp ends at step 16, hard fine-tuning from step 24
 
 
 class ShardedClassifier(L.LightningModule):
@@ -86,7 +86,7 @@ def main(out: str, mode: str, scope: str, resume: str | None) -> None:
     sparsity = None if ":" in scope else 0.8
     callback = SmoothPruning(sparsity if sparsity is not None else 0.5, scope=scope, lam=1e-2, ramp=(0.0, 0.5),
                              finetune=0.25, export_path=os.path.join(out, f"{mode}.safetensors"))
-    kw = dict(accelerator="cpu", max_steps=STEPS, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    kw = dict(accelerator="cpu", max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
               use_distributed_sampler=False)
     if sharded:
         from lightning.pytorch.strategies import ModelParallelStrategy

@@ -143,3 +143,36 @@ def traffic_is_window_sized(rank: int, world: int) -> None:
         sent.append(sharded.traffic.bytes)
         assert int((y != 0).sum()) > 0
     assert sent[0] < 40_000 and sent[1] < 1.1 * sent[0], sent  # the shards: 800 kB and 1.6 MB
+
+
+def public_ops_on_dtensors(rank: int, world: int) -> None:
+    """`sp.soft_topk_mag` / `soft_topk_mask` / the hard ops on a DTensor, along a sharded dim or
+    another one, equal the operators on the whole tensor (outputs and gradients), placed alike."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import smoothprune as sp
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    grad = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    for dim in (0, 1, -1):
+        k = 3
+        for name in ("soft_topk_mag", "soft_topk_mask"):
+            op = getattr(sp, name)
+            whole = x.clone().requires_grad_()
+            want = op(whole, k, lam=0.2, p=4 / 3, dim=dim)
+            want.backward(grad)
+            for placement in (Shard(0), Shard(1), Replicate()):
+                dt = distribute_tensor(x, mesh, [placement]).requires_grad_()
+                got = op(dt, k, lam=0.2, p=4 / 3, dim=dim)
+                assert got.placements == (placement,), (name, dim, placement)
+                got.backward(distribute_tensor(grad, mesh, [placement]))
+                assert torch.allclose(got.full_tensor(), want.detach(), rtol=1e-12, atol=1e-14), (name, dim, placement)
+                assert torch.allclose(dt.grad.full_tensor(), whole.grad, rtol=1e-12, atol=1e-12), (name, dim, placement)
+        for name in ("hard_topk_mag", "hard_topk_mask"):
+            op = getattr(sp, name)
+            for placement in (Shard(0), Shard(1), Replicate()):
+                got = op(distribute_tensor(x, mesh, [placement]), k, dim=dim)
+                assert torch.equal(got.full_tensor(), op(x, k, dim=dim)), (name, dim, placement)

@@ -24,3 +24,7 @@ def test_nan_rows_and_bad_k():
 
 def test_traffic_is_window_sized_not_row_sized():
     run_ranks(sharded_cases.traffic_is_window_sized)
+
+
+def test_public_operators_take_dtensors():
+    run_ranks(sharded_cases.public_ops_on_dtensors)
