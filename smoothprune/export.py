@@ -142,22 +142,20 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
     sharded = any(is_dtensor(v) for v in state.values())
     writer = not sharded or torch.distributed.get_rank() == 0
     path = _destination(path) if writer else None
-    tensors, entries, storages, views = {}, {}, set(), {}
+    aliases = _aliases(state, sharded)
+    tensors, entries, storages = {}, {}, set()
     for name, value in state.items():
         if _SEP in name:
             raise ValueError(f"save_sparse: expected tensor names without {_SEP!r}, got {name!r}")
-        local = value.to_local() if is_dtensor(value) else value
-        view = (local.device, local.data_ptr(), value.dtype, tuple(value.shape), value.stride())
-        if value.numel() and view in views:  # the same tensor under a second name: stored once
-            first = views[view]
+        if name in aliases:  # the same tensor under a second name: stored once
+            first = aliases[name]
             entries[name] = {k: entries[first][k] for k in ("shape", "dtype", "nnz", "sparsity")}
             entries[name] |= {"encoding": "alias", "alias_of": first, "sha256": {}}
             continue
-        views.setdefault(view, name)
         if is_dtensor(value):  # gathered one tensor at a time (every rank takes part); rank 0 keeps it
             value = value.full_tensor()
-        if not writer:
-            entries[name] = {"shape": list(value.shape)}
+        if not writer:  # (what the aliases above read; rank 0 writes the real entries)
+            entries[name] = {"shape": list(value.shape), "dtype": str(value.dtype), "nnz": 0, "sparsity": 0.0}
             continue
         stored, entry = _encode(name, value)
         for key, t in stored.items():  # tied tensors share storage, which safetensors refuses
@@ -186,6 +184,24 @@ def save_sparse(model_or_state_dict, path, *, metadata: dict | None = None, prun
             os.unlink(tmp)
         raise
     return entries
+
+
+def _aliases(state: dict, sharded: bool) -> dict[str, str]:
+    """``{name: first name}`` of the entries that hold the same tensor as an earlier one (tied
+    weights). A sharded state_dict's ties are decided on rank 0 and sent to every rank, so that
+    all ranks gather the same tensors (a rank whose shards are empty cannot tell ties apart)."""
+    aliases, views = {}, {}
+    for name, value in state.items():
+        local = value.to_local() if is_dtensor(value) else value
+        view = (local.device, local.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if value.numel() and view in views:
+            aliases[name] = views[view]
+        views.setdefault(view, name)
+    if sharded:
+        box = [aliases]
+        torch.distributed.broadcast_object_list(box, src=0)
+        aliases = box[0]
+    return aliases
 
 
 def _destination(path) -> str:

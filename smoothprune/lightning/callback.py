@@ -40,7 +40,7 @@ from smoothprune.checkpoint import FORMAT_VERSION, legacy_load_hook
 from smoothprune.export import save_sparse
 from smoothprune.lightning.integration import Gates, averaged_models, mirror_pruning_, unmirror_
 from smoothprune.nn.parametrizations import METHODS
-from smoothprune.nn.pruned import raw_tensors
+from smoothprune.nn.pruned import raw_tensors, specs_of
 from smoothprune.ops.sharded import is_dtensor
 from smoothprune.ops._checks import check_algorithm, check_bool
 from smoothprune.pruning import (
@@ -269,7 +269,11 @@ class SmoothPruningImpl:
             prune_(pl_module, None if self._nm else self.current_sparsity, lam=self.current_lam, p=self.p,
                    method=self.method, targets=self.parameters_to_prune, exclude=self.exclude, scope=self.scope,
                    algorithm=self.algorithm, num_iter=self.num_iter, relative_lam=self.relative_lam)
+        _check_fsdp_wraps_each_pruned_module(pl_module)
         self._averaged = averaged_models(trainer)
+        if self._averaged and _has_sharded_tensors(pl_module):
+            raise RuntimeError("SmoothPruning: weight averaging of a sharded (FSDP2) model is not supported; "
+                               "remove the weight-averaging callback or train without sharding")
         for copy in self._averaged.values():
             mirror_pruning_(pl_module, copy)
         self._apply_state(trainer, pl_module)
@@ -349,13 +353,16 @@ class SmoothPruningImpl:
             "latents": _latents(pl_module),
             "averaged_latents": {key: _latents(copy) for key, copy in self._averaged.items()},
         }
-        if any(is_dtensor(t) for t in entry["latents"].values()) and isinstance(checkpoint.get("state_dict"), dict):
-            # A sharded model's checkpoint is a distributed one: its "state_dict" is written shard by
-            # shard, the rest pickled by rank 0 alone. The latents go with the state_dict, under
-            # keys of their own that no module loads.
-            for key, tensor in entry["latents"].items():
-                checkpoint["state_dict"][SHARDED_LATENT_PREFIX + key] = tensor
-            entry["latents"] = SHARDED_LATENTS
+        if any(is_dtensor(t) for t in entry["latents"].values()):
+            if getattr(trainer.strategy, "_save_distributed_checkpoint", False):
+                # A distributed checkpoint writes its "state_dict" shard by shard and pickles the
+                # rest on rank 0 alone: the latents go with the state_dict, under keys of their own
+                # that no module loads.
+                for key, tensor in entry["latents"].items():
+                    checkpoint["state_dict"][SHARDED_LATENT_PREFIX + key] = tensor
+                entry["latents"] = SHARDED_LATENTS
+            else:  # a full checkpoint (rank 0 writes it): whole latents, gathered one at a time
+                entry["latents"] = {k: t.full_tensor() if is_dtensor(t) else t for k, t in entry["latents"].items()}
         checkpoint["smoothprune"] = entry
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -363,8 +370,12 @@ class SmoothPruningImpl:
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, KeyboardInterrupt):  # Lightning then exits the process
-            self._finish_early(trainer, pl_module, "training was interrupted")
-            self._end(trainer, pl_module, synchronize=False)  # (other ranks may be gone)
+            if _has_sharded_tensors(pl_module):  # hardening a sharded model needs every rank (they may be gone)
+                warnings.warn("SmoothPruning: training was interrupted; the sharded model is left as it is (not "
+                              "hardened, not exported)", stacklevel=2)
+            else:
+                self._finish_early(trainer, pl_module, "training was interrupted")
+                self._end(trainer, pl_module, synchronize=False)  # (other ranks may be gone)
         self._release()
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -540,7 +551,12 @@ class SmoothPruningImpl:
             if key not in latents:
                 raise ValueError(f"SmoothPruning: the checkpoint holds no latent weight for {key!r}; "
                                  "it was written by a run that pruned other tensors")
-            tensor.copy_(latents[key])
+            value = latents[key]
+            if is_dtensor(tensor) and not is_dtensor(value):  # a whole latent into a sharded one
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(tensor.device), tensor.device_mesh, tensor.placements)
+            tensor.copy_(value)
 
     def _log_schedules(self, pl_module, on_step: bool) -> None:
         kw = dict(on_step=on_step, on_epoch=not on_step)
@@ -573,6 +589,30 @@ def _read_sharded_latents(model, path) -> dict:
     state = {SHARDED_LATENT_PREFIX + key: tensor.detach().clone() for key, tensor in _latent_tensors(model)}
     dcp.load({"state_dict": state}, checkpoint_id=path)
     return {key[len(SHARDED_LATENT_PREFIX):]: tensor for key, tensor in state.items()}
+
+
+def _check_fsdp_wraps_each_pruned_module(model) -> None:
+    """FSDP2 re-reads each sharded Parameter as ``getattr(module, name)``; a pruned module only
+    hands it its Parameter when the module itself was passed to ``fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        try:  # FSDP2's own record of the parameters it manages (private: checked where it exists)
+            params = module._get_fsdp_state()._fsdp_param_group.fsdp_params
+        except AttributeError:
+            continue
+        for fsdp_param in params:
+            owner = fsdp_param._module_info.module
+            if owner is not module and specs_of(owner):
+                raise ValueError(
+                    f"SmoothPruning: the pruned module {names.get(id(owner), '?')!r} is sharded by "
+                    f"fully_shard({names.get(id(module), '?') or 'the model'!r}) around it; call fully_shard on every "
+                    "pruned module itself (for example on each Linear of a block) before its parent")
 
 
 def _has_sharded_tensors(model) -> bool:

@@ -75,7 +75,7 @@ def _set_class(module: torch.nn.Module, new: type) -> None:
     is derived again, alike, from ``new``."""
     cls = type(module)
     inner = _pruned_ancestor(cls) or base_class(module)
-    if cls is inner or cls is base_class(module):
+    if cls is inner:
         module.__class__ = new
         return
     key = (cls, new)

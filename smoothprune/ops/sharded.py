@@ -140,6 +140,8 @@ class KthLargest:
 def sharded_kth_largest(keys: torch.Tensor, k: torch.Tensor, group=None) -> KthLargest:
     """The k-th and (k+1)-th largest of each row of float64 ``keys`` ``[R, n_r]`` spread over
     ``group`` (``k`` an int64 ``[R]`` with ``1 <= k <= n``; the keys finite)."""
+    if k.numel() and int(k.min()) < 1:
+        raise ValueError(f"sharded_kth_largest: expected k >= 1 in every row, got k={k.tolist()}")
     rows, n_local = keys.shape
     dev = keys.device
     above = torch.zeros_like(k)
@@ -246,12 +248,13 @@ class _ShardedSoftTopK(torch.autograd.Function):
         head = _all_reduce(torch.cat([bad_local.to(torch.int64), n]), dist.ReduceOp.SUM, group)
         bad, n_total = head[:rows] > 0, int(head[rows])
         if not 0 <= k <= n_total:
-            raise ValueError(f"sharded top-k: expected 0 <= k <= {n_total} (the row's length over all ranks), got k={k}")
+            raise ValueError(f"sharded_soft_topk: expected 0 <= k <= {n_total} (the row's length over all ranks), "
+                             f"got k={k}")
         any_bad = bool(bad.any())
         if any_bad:
             keys = torch.where(bad.unsqueeze(1), 0.0, keys)
         kk = torch.full((rows,), k, dtype=torch.int64, device=dev)
-        if 0 < k:
+        if 0 < k < n_total:
             sel = sharded_kth_largest(keys, kk, group)
             lo, hi = _window_bounds(sel, lam, p, magnitude)
         else:
@@ -282,7 +285,7 @@ class _ShardedSoftTopK(torch.autograd.Function):
             if y is None:  # (one batch of every row, in order)
                 y = yr[:, :n_local].detach().to(x.dtype)
             else:
-                y[red.rows] = yr[:, :n_local].detach()
+                y[red.rows] = yr[:, :n_local].detach().to(x.dtype)
             solved.append((red, xr, yr))
         if y is None:
             y = torch.empty_like(x)
@@ -372,8 +375,8 @@ def sharded_soft_topk(x_local: torch.Tensor, k: int, *, lam: float, p: float, ma
 
     Returns:
         This rank's part of the output, like ``x_local``; differentiable (the backward gathers
-        the incoming gradient on the window only). Every rank must call it, with the same R, k,
-        lam and p. Rows holding a NaN or Inf on any rank give NaN everywhere.
+        the incoming gradient on the window only). Every rank of ``group`` must call it, with the
+        same R, k, lam, p, magnitude and debias. Rows holding a NaN or Inf on any rank give NaN everywhere.
     """
     if x_local.dim() != 2:
         raise ValueError(f"sharded_soft_topk: expected x_local of shape [rows, entries], got {tuple(x_local.shape)}")
@@ -396,7 +399,8 @@ def sharded_hard_topk_mask(keys_local: torch.Tensor, k: int, group=None) -> torc
     head = _all_reduce(torch.cat([bad_local.to(torch.int64), n]), dist.ReduceOp.SUM, group)
     bad, n_total = head[:rows] > 0, int(head[rows])
     if not 0 <= k <= n_total:
-        raise ValueError(f"sharded top-k: expected 0 <= k <= {n_total} (the row's length over all ranks), got k={k}")
+        raise ValueError(f"sharded_hard_topk_mask: expected 0 <= k <= {n_total} (the row's length over all ranks), "
+                         f"got k={k}")
     keys = torch.where(bad.unsqueeze(1), 0.0, keys)
     if k == 0:
         mask = torch.zeros_like(keys)
@@ -484,7 +488,8 @@ def sharded_groups(w, group_size: int, fn: str = "sharded top-k") -> ShardedGrou
         # every shard boundary is a group boundary: each group is whole on one rank
         return ShardedGroups(local.reshape(-1, group_size), None, rebuild)
     if group_size and group_size % span == 0:
-        return ShardedGroups(local.reshape(numel // group_size, -1), mesh.get_group(mesh_dim), rebuild)
+        groups = numel // group_size
+        return ShardedGroups(local.reshape(groups, local.numel() // groups), mesh.get_group(mesh_dim), rebuild)
     raise NotImplementedError(f"{fn}: groups of {group_size} entries of a {shape} tensor sharded along dim {d} "
                               "would be cut by the shards' boundaries")
 
@@ -499,7 +504,8 @@ def sharded_allocation(tensors: list, keep: int) -> list[int]:
     meshes = [t.device_mesh for t in tensors if is_dtensor(t)]
     mesh = meshes[0]
     if mesh.ndim != 1 or any(m != mesh for m in meshes):
-        raise NotImplementedError("global scope over sharded tensors: expected every DTensor on one 1-d device mesh")
+        raise NotImplementedError(f"global_allocation: expected every sharded tensor (DTensor) on one 1-d device mesh, "
+                                  f"got meshes {sorted({str(m) for m in meshes})}")
     group = mesh.get_group(0)
     first = dist.get_rank(group) == 0
     parts = []
@@ -545,6 +551,9 @@ def dtensor_along_dim(x, dim: int, local_fn, spread_fn, fn: str):
         y = local_fn(local)
     else:
         moved = local.movedim(dim, -1)
-        y = spread_fn(moved.reshape(-1, moved.shape[-1]), mesh.get_group(sharded[0][0]))
+        slices = 1
+        for size in moved.shape[:-1]:
+            slices *= size
+        y = spread_fn(moved.reshape(slices, moved.shape[-1]), mesh.get_group(sharded[0][0]))
         y = y.reshape(moved.shape).movedim(-1, dim)
     return DTensor.from_local(y, mesh, placements, run_check=False, shape=x.shape, stride=x.stride())

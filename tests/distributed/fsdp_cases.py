@@ -125,3 +125,49 @@ def dtensor_weights_read_like_whole_tensors(rank: int, world: int) -> None:
         assert "groups of 4 entries of a (8, 12) tensor sharded along dim 1 would be cut" in str(exc)
     else:
         raise AssertionError("groups cut by the shards were not refused")
+
+
+def export_of_a_sharded_model_with_tied_weights(rank: int, world: int, out: str) -> None:
+    """`save_sparse` of an FSDP2-sharded, pruned model whose one Linear is used twice (its weight
+    under two keys): every rank calls it, rank 0 writes the tensor once and its alias."""
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(16, 16)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    sp.prune_(model, 0.75, lam=1e-2)
+    reference = copy.deepcopy(model)
+    fully_shard(shared)
+    fully_shard(model[4])
+    fully_shard(model)
+    sp.harden_(model)
+    sp.harden_(reference)
+    path = f"{out}/model.safetensors"
+    sp.save_sparse(model, path)
+    dist.barrier()
+    if rank == 0:
+        loaded = sp.load_sparse(path)
+        want = reference.state_dict()
+        assert loaded.keys() == want.keys()
+        for key in want:
+            assert torch.equal(loaded[key], want[key]), key
+        assert int((loaded["0.weight"] != 0).sum()) == 64
+
+
+def a_pruned_layer_sharded_only_by_its_parent_is_refused(rank: int, world: int) -> None:
+    from smoothprune.lightning.callback import _check_fsdp_wraps_each_pruned_module
+
+    model = make_mlp()
+    sp.prune_(model, 0.8)
+    fully_shard(model)  # one group around every Linear: FSDP2 would read the pruned weight as its Parameter
+    try:
+        _check_fsdp_wraps_each_pruned_module(model)
+    except ValueError as exc:
+        assert "the pruned module '0' is sharded by fully_shard('the model') around it" in str(exc), str(exc)
+    else:
+        raise AssertionError("not refused")
+    wrapped = make_mlp()
+    sp.prune_(wrapped, 0.8)
+    for layer in wrapped:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(wrapped)
+    _check_fsdp_wraps_each_pruned_module(wrapped)  # each pruned layer wrapped itself: fine

@@ -16,3 +16,11 @@ def test_prune_then_fully_shard_trains_like_one_process(scope, sparsity, method)
 
 def test_dtensor_weights_read_like_whole_tensors():
     run_ranks(fsdp_cases.dtensor_weights_read_like_whole_tensors)
+
+
+def test_export_of_a_sharded_model_with_tied_weights(tmp_path):
+    run_ranks(fsdp_cases.export_of_a_sharded_model_with_tied_weights, str(tmp_path))
+
+
+def test_a_pruned_layer_sharded_only_by_its_parent_is_refused():
+    run_ranks(fsdp_cases.a_pruned_layer_sharded_only_by_its_parent_is_refused)

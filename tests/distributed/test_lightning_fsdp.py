@@ -9,6 +9,7 @@ entry at the k-th magnitude); the kept entries must be the same and the values a
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -21,18 +22,35 @@ WORKER = os.path.join(os.path.dirname(__file__), "lightning_worker.py")
 
 
 def _run(out, mode, scope, resume=None):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MASTER_PORT=_free_port())
     args = [sys.executable, WORKER, str(out), mode, scope] + ([resume] if resume else [])
     run = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=str(out))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _assert_same_model(got_path, want_path):
+    """The same kept entries and values within 1e-9, except that an entry whose magnitude ties
+    the k-th one to 1e-9 (relative) may be kept by one run and the other by the other: global
+    scope ranks entries of different tensors against each other, where ~1e-16 differences can
+    decide a near-tie."""
     got, want = sp.load_sparse(got_path), sp.load_sparse(want_path)
     assert got.keys() == want.keys()
     for key in want:
-        assert torch.equal(got[key] != 0, want[key] != 0), key
-        err = float((got[key] - want[key]).abs().max())
+        flipped = (got[key] != 0) != (want[key] != 0)
+        if flipped.any():
+            kept = torch.cat([got[key][got[key] != 0].abs(), want[key][want[key] != 0].abs()])
+            threshold = float(kept.min())
+            values = torch.where(got[key] != 0, got[key], want[key])[flipped].abs()
+            assert int(flipped.sum()) <= 2 and bool(((values - threshold).abs() <= 1e-9 * threshold).all()), \
+                (key, int(flipped.sum()), values.tolist(), threshold)
+        same = ~flipped
+        err = float((got[key][same] - want[key][same]).abs().max()) if same.any() else 0.0
         assert err < 1e-9, (key, err)
 
 
