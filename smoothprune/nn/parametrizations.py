@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from smoothprune.ops.hard_topk import hard_topk_mag, hard_topk_mask
-from smoothprune.ops.sharded import is_dtensor, sharded_groups, sharded_hard_topk_mask, sharded_soft_topk
+from smoothprune.ops.sharded import is_dtensor, sharded_groups, sharded_hard_topk_mag, sharded_soft_topk
 from smoothprune.ops.soft_topk import soft_topk_last_dim, soft_topk_mag
 
 METHODS = ("smooth", "hard", "ste")
@@ -216,9 +216,7 @@ class TopKMagParametrization(torch.nn.Module):
         elif groups.group is None:
             y = hard_topk_mag(local, k)
         else:
-            mask = sharded_hard_topk_mask(local.detach().abs(), k, groups.group)
-            y = torch.where(mask != 0, local, local.new_zeros(()))
-            y = torch.where(mask.isnan(), local * mask, y)
+            y = sharded_hard_topk_mag(local, k, groups.group)
         return groups.rebuild(y)
 
     def weight(self, w: torch.Tensor, training: bool) -> torch.Tensor:

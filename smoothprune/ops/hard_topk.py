@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from smoothprune.ops import _checks
-from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_hard_topk_mask
+from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_hard_topk_mag, sharded_hard_topk_mask
 
 
 def topk_mask_of(key: torch.Tensor, k, d: int) -> torch.Tensor:
@@ -43,11 +43,7 @@ def _hard_dtensor(fn: str, x, k, dim: int, magnitude: bool):
     op = hard_topk_mag if magnitude else hard_topk_mask
 
     def spread_fn(rows, group):
-        mask = sharded_hard_topk_mask(rows.detach().abs() if magnitude else rows.detach(), k, group)
-        if not magnitude:
-            return mask
-        y = torch.where(mask != 0, rows, rows.new_zeros(()))
-        return torch.where(mask.isnan(), rows * mask, y)
+        return sharded_hard_topk_mag(rows, k, group) if magnitude else sharded_hard_topk_mask(rows.detach(), k, group)
 
     return dtensor_along_dim(x, d, lambda local: op(local, k, dim=d), spread_fn, fn)
 

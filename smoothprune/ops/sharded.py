@@ -39,15 +39,9 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from smoothprune import _native  # noqa: F401  (loads the op library)
+from smoothprune.ops.native import soft_topk_last_dim
 
-
-def soft_topk_last_dim(x, k, lam, p: float, magnitude: bool, debias: bool):
-    """The native exact solver along the last dim (as `smoothprune.ops.soft_topk` calls it;
-    its autograd is registered in C++)."""
-    return torch.ops.smoothprune.soft_topk_forward(x, k, lam, p, magnitude, debias, False)[0]
-
-__all__ = ["Traffic", "traffic", "sharded_soft_topk", "sharded_hard_topk_mask", "sharded_kth_largest", "ShardedGroups",
+__all__ = ["Traffic", "traffic", "sharded_soft_topk", "sharded_hard_topk_mask", "sharded_hard_topk_mag", "sharded_kth_largest", "ShardedGroups",
            "sharded_groups", "is_dtensor", "sharded_allocation", "dtensor_along_dim"]
 
 _VALUE_BUCKETS = 1024  # the first round's equal-width value buckets
@@ -190,6 +184,26 @@ def sharded_kth_largest(keys: torch.Tensor, k: torch.Tensor, group=None) -> KthL
     return KthLargest(tk, tk1, above, ties)
 
 
+def _row_keys(keys_local: torch.Tensor, k: int, group, fn: str):
+    """float64 keys of the rows (exact for every float dtype), with ``0`` on rows holding a NaN
+    or Inf on any rank; those rows (bool ``[R]``); the rows' length over all ranks (``k`` is
+    checked against it). One all-reduce."""
+    rows, n_local = keys_local.shape
+    keys = keys_local.to(torch.float64)
+    if n_local:  # a NaN or Inf shows in the row's max or min
+        bad_local = ~(torch.isfinite(keys.amax(1)) & torch.isfinite(keys.amin(1)))
+    else:
+        bad_local = torch.zeros(rows, dtype=torch.bool, device=keys.device)
+    n = torch.tensor([n_local], dtype=torch.int64, device=keys.device)
+    head = _all_reduce(torch.cat([bad_local.to(torch.int64), n]), dist.ReduceOp.SUM, group)
+    bad, n_total = head[:rows] > 0, int(head[rows])
+    if not 0 <= k <= n_total:
+        raise ValueError(f"{fn}: expected 0 <= k <= {n_total} (the row's length over all ranks), got k={k}")
+    if bool(bad.any()):
+        keys = torch.where(bad.unsqueeze(1), 0.0, keys)
+    return keys, bad, n_total
+
+
 # ------------------------------------------------------------------------------------------------
 # the smooth operator
 # ------------------------------------------------------------------------------------------------
@@ -239,20 +253,8 @@ class _ShardedSoftTopK(torch.autograd.Function):
         rows, n_local = x.shape
         dev = x.device
         xd = x.detach()
-        keys = (xd.abs() if magnitude else xd).to(torch.float64)  # (exact: every float dtype fits in float64)
-        if n_local:  # a NaN or Inf shows in the row's max or min
-            bad_local = ~(torch.isfinite(keys.amax(1)) & torch.isfinite(keys.amin(1)))
-        else:
-            bad_local = torch.zeros(rows, dtype=torch.bool, device=dev)
-        n = torch.tensor([n_local], dtype=torch.int64, device=dev)
-        head = _all_reduce(torch.cat([bad_local.to(torch.int64), n]), dist.ReduceOp.SUM, group)
-        bad, n_total = head[:rows] > 0, int(head[rows])
-        if not 0 <= k <= n_total:
-            raise ValueError(f"sharded_soft_topk: expected 0 <= k <= {n_total} (the row's length over all ranks), "
-                             f"got k={k}")
+        keys, bad, n_total = _row_keys(xd.abs() if magnitude else xd, k, group, "sharded_soft_topk")
         any_bad = bool(bad.any())
-        if any_bad:
-            keys = torch.where(bad.unsqueeze(1), 0.0, keys)
         kk = torch.full((rows,), k, dtype=torch.int64, device=dev)
         if 0 < k < n_total:
             sel = sharded_kth_largest(keys, kk, group)
@@ -263,9 +265,8 @@ class _ShardedSoftTopK(torch.autograd.Function):
             lo, hi = torch.full_like(lo, torch.inf), torch.full_like(hi, -torch.inf)
         above = keys > hi.unsqueeze(1)
         window = ~above & (keys >= lo.unsqueeze(1))
-        counts = torch.cat([above.sum(1), window.sum(1)])
-        above_all = _all_reduce(counts.clone(), dist.ReduceOp.SUM, group)[:rows]
-        remote_above = above_all - counts[:rows]
+        local_above = above.sum(1)
+        remote_above = _all_reduce(local_above.clone(), dist.ReduceOp.SUM, group) - local_above
         # the window entries of every rank: (row, value) as float64 pairs
         w_rows, w_cols = window.nonzero(as_tuple=True)
         mine = torch.stack([w_rows.to(torch.float64), xd[w_rows, w_cols].to(torch.float64)], 1)
@@ -386,22 +387,22 @@ def sharded_soft_topk(x_local: torch.Tensor, k: int, *, lam: float, p: float, ma
 # ------------------------------------------------------------------------------------------------
 # the hard operator
 # ------------------------------------------------------------------------------------------------
+def sharded_hard_topk_mag(x_local: torch.Tensor, k: int, group=None) -> torch.Tensor:
+    """``x * sharded_hard_topk_mask(|x|)`` with +0.0 on pruned entries (NaN rows stay NaN); its
+    gradient passes through the kept entries."""
+    mask = sharded_hard_topk_mask(x_local.detach().abs(), k, group)
+    y = torch.where(mask != 0, x_local, x_local.new_zeros(()))
+    return torch.where(mask.isnan(), x_local * mask, y)
+
+
 @torch.no_grad()
 def sharded_hard_topk_mask(keys_local: torch.Tensor, k: int, group=None) -> torch.Tensor:
     """The 0/1 mask of the ``k`` largest keys of each row spread over ``group`` (``[R, n_r]``);
     ties at ``t_k`` go to lower ranks first, then to lower positions. NaN on rows holding a
     NaN or Inf on any rank."""
-    rows, n_local = keys_local.shape
+    rows = keys_local.shape[0]
     dev = keys_local.device
-    keys = keys_local.to(torch.float64)
-    bad_local = (~torch.isfinite(keys)).any(1) if n_local else torch.zeros(rows, dtype=torch.bool, device=dev)
-    n = torch.tensor([n_local], dtype=torch.int64, device=dev)
-    head = _all_reduce(torch.cat([bad_local.to(torch.int64), n]), dist.ReduceOp.SUM, group)
-    bad, n_total = head[:rows] > 0, int(head[rows])
-    if not 0 <= k <= n_total:
-        raise ValueError(f"sharded_hard_topk_mask: expected 0 <= k <= {n_total} (the row's length over all ranks), "
-                         f"got k={k}")
-    keys = torch.where(bad.unsqueeze(1), 0.0, keys)
+    keys, bad, n_total = _row_keys(keys_local, k, group, "sharded_hard_topk_mask")
     if k == 0:
         mask = torch.zeros_like(keys)
     elif k == n_total:
@@ -412,11 +413,7 @@ def sharded_hard_topk_mask(keys_local: torch.Tensor, k: int, group=None) -> torc
         tied = keys == tk
         # ties kept: k - above in all, taken by rank order, then by position
         mine = tied.sum(1)
-        world = dist.get_world_size(group)
-        counts = [torch.empty_like(mine) for _ in range(world)]
-        traffic.bytes += mine.numel() * mine.element_size()
-        traffic.calls += 1
-        dist.all_gather(counts, mine, group=group)
+        counts = _all_gather(mine, group)
         before = sum(counts[: dist.get_rank(group)], torch.zeros_like(mine))
         quota = (k - sel.above - before).clamp_min(0).unsqueeze(1)
         rank_in_ties = tied.to(torch.int64).cumsum(1) - 1

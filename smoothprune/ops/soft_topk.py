@@ -16,9 +16,9 @@ from smoothprune import _native  # noqa: F401  (loads the op library)
 from smoothprune.ops import _checks
 from smoothprune.ops._scalars import as_scalar_tensor, native_scalar_device
 from smoothprune.ops.dykstra import dykstra_soft_topk
+from smoothprune.ops.native import soft_topk_last_dim
 from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_soft_topk
 
-_OPS = torch.ops.smoothprune
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,18 +43,6 @@ def _soft_topk_backward_fake(grad, x, perm, blocks, gamma, k, lam, p, magnitude,
 # ----------------------------------------------------------------------------------------------
 # the unchecked native path, and the public wrappers
 # ----------------------------------------------------------------------------------------------
-def soft_topk_last_dim(x, k, lam, p: float, magnitude: bool, debias: bool):
-    """The exact native solver along the last dim, without the wrappers' Python checks.
-
-    For callers whose arguments are valid by construction (the pruning parametrizations call it
-    for every weight at every step): ``x`` a floating tensor with >= 1 dim, ``k`` and ``lam``
-    0-d tensors (int64, float64) on the CPU or, for a CUDA ``x``, on x's device; ``p > 1``. The
-    kernel still checks the values of k and lam: CPU values raise, device values it cannot raise
-    for give NaN (as a row holding a NaN does).
-    """
-    return _OPS.soft_topk_forward(x, k, lam, p, magnitude, debias, False)[0]
-
-
 def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
     _checks.check_input(fn, x)
     d = _checks.check_dim(fn, x, dim)
