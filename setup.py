@@ -37,7 +37,9 @@ def _extension():
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     openmp = _openmp_flags()
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", *openmp]  # never -ffast-math (DESIGN 5.8)
+    # never -ffast-math: it breaks the exact ties, the NaN/Inf checks and the float bit-pattern
+    # order that the kernels rely on (docs/design.md §8)
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", *openmp]
     if _want_cuda() and cuda_sources:
         return CUDAExtension(
             "smoothprune._C",

@@ -35,6 +35,7 @@ import torch
 
 from smoothprune.checkpoint import hardened_state_dict
 from smoothprune.ops.sharded import is_dtensor
+from smoothprune.validation import is_int
 
 FORMAT_VERSION = 1
 _SEP = "::"
@@ -273,13 +274,13 @@ def _check_entry(path, name, e, entries) -> None:
     if not isinstance(e, dict):
         raise _corrupt(path, f"malformed entry for {name!r}")
     shape, dtype, encoding, nnz = e.get("shape"), e.get("dtype"), e.get("encoding"), e.get("nnz")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
         raise _corrupt(path, f"malformed shape {shape!r} for {name!r}")
     if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise _corrupt(path, f"unknown dtype {dtype!r} for {name!r}")
     if encoding not in ENCODINGS:
         raise _corrupt(path, f"unknown encoding {encoding!r} for {name!r}")
-    if not isinstance(nnz, int) or isinstance(nnz, bool) or not 0 <= nnz <= math.prod(shape):
+    if not is_int(nnz) or not 0 <= nnz <= math.prod(shape):
         raise _corrupt(path, f"nnz {nnz!r} out of range for {name!r} of shape {shape}")
     if not isinstance(e.get("sparsity"), (int, float)) or not isinstance(e.get("sha256"), dict):
         raise _corrupt(path, f"malformed entry for {name!r}")

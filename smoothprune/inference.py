@@ -10,8 +10,8 @@ faster depends on the shape, the sparsity and the batch, so each layer is chosen
 * with ``example_inputs``, by timing the forms on the inputs the layer really receives (inside
   hooks of one forward pass per example); a layer goes sparse only where it is at least
   ``margin`` times faster on every example; a block-pruned weight is timed as BSR too;
-* without, by `csr_pays_off`, a rule fitted to measurements on a 2-core CPU (README, "Sparse
-  inference"): float32/float64 on the CPU, at least 90% sparse with 2^20 entries or more, or at
+* without, by `csr_pays_off`, a rule fitted to measurements on a 2-core CPU (docs/inference.md,
+  "Measured"): float32/float64 on the CPU, at least 90% sparse with 2^20 entries or more, or at
   least 95% sparse with 2^18 or more. Below those, some batch sizes run slower sparse.
 
 Pointwise (1×1) convolutions become `SparsePointwiseConv2d` where timing says so.
@@ -32,6 +32,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
+
+from smoothprune.validation import check_int, check_real
 
 __all__ = ["SparseLinear", "SparsePointwiseConv2d", "LayerChoice", "SparsifyReport", "csr_pays_off", "sparsify_", "load_sparsified_",
            "sparsify_semi_structured_", "block_pattern", "weight_bytes"]
@@ -348,10 +350,8 @@ def _check_ready(fn: str, model) -> None:
 
 
 def _check_margin(fn: str, margin, repeats) -> None:
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 1.0:
-        raise ValueError(f"{fn}: expected margin to be a number >= 1, got {margin!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"{fn}: expected repeats to be a positive int, got {repeats!r}")
+    check_real(fn, "margin", margin, low=1.0, finite=False)
+    check_int(fn, "repeats", repeats, low=1)
 
 
 def _linear_sites(model, pointwise: bool = False) -> dict[int, tuple[str, torch.nn.Module, list]]:

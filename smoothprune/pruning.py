@@ -21,60 +21,27 @@ Scopes (what "keep k" is applied to):
 from __future__ import annotations
 
 import dataclasses
-import numbers
-import re
 
 import torch
 from torch.nn.utils import parametrize
 
 from smoothprune.nn.parametrizations import METHODS, PARAMETRIZATIONS, TopKMagParametrization
 from smoothprune.nn.pruned import attach_, detach_, is_pruned, latent, specs_of
-from smoothprune.ops._checks import ALGORITHMS, check_algorithm, check_positive
 from smoothprune.ops.sharded import is_dtensor, sharded_allocation
+from smoothprune.validation import (
+    argument_error,
+    check_algorithm,
+    check_bool,
+    check_choice,
+    check_p,
+    check_positive,
+    check_sparsity,
+    check_targets,
+    compile_pattern,
+    parse_scope,
+)
 
-SCOPES = ("layer", "global", "row", "nm")
 PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-
-
-# ------------------------------------------------------------------------------------------------
-# argument checks
-# ------------------------------------------------------------------------------------------------
-def parse_scope(fn: str, scope) -> tuple[str, int | None, int | None]:
-    """Returns (scope, N, M); "nm" is "2:4"; for "block:RxC", ("block", R, C)."""
-    if scope == "nm":
-        return "nm", 2, 4
-    if isinstance(scope, str):
-        match = re.fullmatch(r"(\d+):(\d+)", scope)
-        block = re.fullmatch(r"block:(\d+)x(\d+)", scope)
-        if match:
-            n, m = int(match.group(1)), int(match.group(2))
-            if 0 < n <= m:
-                return "nm", n, m
-        elif block:
-            rows, cols = int(block.group(1)), int(block.group(2))
-            if rows > 0 and cols > 0:
-                return "block", rows, cols
-        elif scope in SCOPES:
-            return scope, None, None
-    raise ValueError(f"{fn}: expected scope in {SCOPES}, an 'N:M' string with 0 < N <= M or a 'block:RxC' "
-                     f"string with R, C > 0, got {scope!r}")
-
-
-def check_sparsity(fn: str, sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"{fn}: expected sparsity to be a float in [0, 1], got {sparsity!r}")
-    return float(sparsity)
-
-
-def check_algorithm_name(fn: str, algorithm) -> None:
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"{fn}: expected algorithm in {ALGORITHMS}, got {algorithm!r}")
-
-
-def check_method(fn: str, method) -> str:
-    if method not in METHODS:
-        raise ValueError(f"{fn}: expected method in {METHODS}, got {method!r}")
-    return method
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,6 +86,8 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
     pairs and removes matches. A tensor shared by several modules (tied weights) is one target,
     named by its first holder in model order.
     """
+    check_targets(fn, "targets", targets, pairs=True)
+    check_targets(fn, "exclude", exclude, pairs=False)
     candidates = _model_tensors(model)  # (qualified, module, name) for every tensor in the model
     owner = {id(module): mod_name for mod_name, module in model.named_modules()}
     by_name = {q: (q, m, n) for q, m, n in candidates}
@@ -126,34 +95,31 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
     if targets is None:
         chosen = [c for c in candidates if isinstance(c[1], PRUNABLE_TYPES) and c[2] == "weight"]
     else:
-        if isinstance(targets, (str, tuple)):
-            targets = [targets]
+        if isinstance(targets, str) or (isinstance(targets, tuple) and len(targets) == 2
+                                        and isinstance(targets[0], torch.nn.Module)):
+            targets = [targets]  # one name, pattern or pair
         chosen = []
-        for t in targets:
-            if isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], torch.nn.Module):
+        for t in targets:  # (of the types check_targets lets through)
+            if isinstance(t, tuple):
                 module, name = t
                 if id(module) not in owner or name not in _tensor_names(module):
                     raise ValueError(f"{fn}: expected targets to name tensors of this model, got ({type(module).__name__}, {name!r})")
                 mod_name = owner[id(module)]
                 chosen.append(by_name[f"{mod_name}.{name}" if mod_name else name])
             elif isinstance(t, str) and t.startswith("re:"):
-                pattern = _compile(fn, "targets", t)
+                pattern = compile_pattern(fn, "targets", t)
                 matches = [c for c in candidates if pattern.fullmatch(c[0])]
                 if not matches:
                     raise ValueError(f"{fn}: expected the pattern {t!r} to match a tensor of the model, it matches none")
                 chosen += matches
-            elif isinstance(t, str):
+            else:
                 if t not in by_name:
                     raise ValueError(f"{fn}: expected a tensor name of the model in targets, got {t!r}")
                 chosen.append(by_name[t])
-            else:
-                raise ValueError(f"{fn}: expected targets as (module, name) pairs, names or 're:<regex>' strings, got {t!r}")
     excluded = set()
     if exclude is not None:
         for e in [exclude] if isinstance(exclude, str) else exclude:
-            if not isinstance(e, str):
-                raise ValueError(f"{fn}: expected exclude as names or 're:<regex>' strings, got {e!r}")
-            drop = _compile(fn, "exclude", e).fullmatch if e.startswith("re:") else e.__eq__
+            drop = compile_pattern(fn, "exclude", e).fullmatch if e.startswith("re:") else e.__eq__
             excluded |= {c[0] for c in candidates if drop(c[0])}
     chosen = [c for c in chosen if c[0] not in excluded]
     # one target per stored tensor; a tied tensor cannot be both pruned and excluded
@@ -174,13 +140,6 @@ def resolve_targets(fn: str, model: torch.nn.Module, targets=None, exclude=None)
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dim() < 1:
             raise ValueError(f"{fn}: expected floating tensors with at least 1 dim as targets, got {qualified!r}")
     return unique
-
-
-def _compile(fn: str, arg: str, pattern: str):
-    try:
-        return re.compile(pattern[3:])
-    except re.error as exc:
-        raise ValueError(f"{fn}: expected a valid regular expression in {arg}, got {pattern!r} ({exc})") from None
 
 
 def holders(model: torch.nn.Module) -> dict[int, list[tuple[str, torch.nn.Module, str]]]:
@@ -257,6 +216,7 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         0.5
     """
     fn = "prune_"
+    # every argument first (none needs the model), then what depends on the model
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"{fn}: expected model to be an nn.Module, got {type(model).__name__}")
     scope, n_keep, m_group = parse_scope(fn, scope)
@@ -265,18 +225,16 @@ def prune_(model: torch.nn.Module, sparsity=None, *, lam: float = 1e-4, p: float
         if sparsity is None:
             sparsity = nm_sparsity
         elif abs(check_sparsity(fn, sparsity) - nm_sparsity) > 1e-12:
-            raise ValueError(f"{fn}: expected sparsity {nm_sparsity:g} (or None) for scope "
-                             f"'{n_keep}:{m_group}', got sparsity={sparsity!r}")
-    if sparsity is None:
-        raise ValueError(f"{fn}: expected sparsity to be a float in [0, 1], got None")
+            raise argument_error(fn, "sparsity", f"{nm_sparsity:g} (or None) for scope '{n_keep}:{m_group}'", sparsity)
     sparsity = check_sparsity(fn, sparsity)
     lam = check_positive(fn, "lam", lam)
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
-        raise ValueError(f"{fn}: expected p to be a finite float > 1, got {p!r}")
-    method = check_method(fn, method)
-    check_algorithm(fn, algorithm, p, num_iter, torch.device("cpu"))  # (the name, num_iter, p vs Dykstra)
-    if not isinstance(relative_lam, bool):
-        raise ValueError(f"{fn}: expected relative_lam to be a bool, got {relative_lam!r}")
+    p = check_p(fn, p)
+    method = check_choice(fn, "method", method, METHODS)
+    check_algorithm(fn, algorithm, p, num_iter)  # (the name, num_iter, p vs Dykstra)
+    debias = check_bool(fn, "debias", debias)
+    relative_lam = check_bool(fn, "relative_lam", relative_lam)
+    check_targets(fn, "targets", targets, pairs=True, nonempty=True)
+    check_targets(fn, "exclude", exclude, pairs=False)
 
     chosen = resolve_targets(fn, model, targets, exclude)
     if not chosen:
@@ -373,8 +331,7 @@ def set_lam_(model: torch.nn.Module, lam: float) -> None:
 def set_hard_training_(model: torch.nn.Module, hard: bool) -> None:
     """Switches training of every pruned tensor to its hard top-k (``hard=True``: the forward is
     the hardened weight, the gradient flows to the kept entries) or back to its method."""
-    if not isinstance(hard, bool):
-        raise ValueError(f"set_hard_training_: expected hard to be a bool, got {hard!r}")
+    check_bool("set_hard_training_", "hard", hard)
     for _, spec, _, _ in pruned_tensors(model):
         spec.train_hard = hard
 

@@ -1,5 +1,5 @@
 // Autograd of soft_topk_forward, for every device: the gradient of the first output `y` is the
-// native op soft_topk_backward (the closed-form block Jacobian, DESIGN.md section 2); perm,
+// native op soft_topk_backward (the closed-form block Jacobian, docs/design.md §5); perm,
 // blocks and gamma are integer state and not differentiable; k and lam get no gradient.
 //
 // soft_topk_backward is not differentiable (no second derivatives): its own autograd kernel makes

@@ -1,4 +1,4 @@
-// Op schemas of smoothprune, defined once (DESIGN.md section 5). Kernels are registered per
+// Op schemas of smoothprune, defined once (docs/design.md §7). Kernels are registered per
 // device in their own files, autograd in autograd.cpp; fake kernels in smoothprune/ops/.
 #include <Python.h>
 #include <torch/library.h>

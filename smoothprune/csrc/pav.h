@@ -1,6 +1,7 @@
-// Exact PAV for the sparse smooth top-k operators, one sorted row at a time (float64).
+// Exact PAV for the sparse smooth top-k operators, one sorted row at a time (float64), and the
+// closed-form backward of its pooled block.
 //
-// Notation (DESIGN.md section 2): s is the row sorted in descending order (s = x for the mask,
+// Notation (docs/design.md §2): s is the row sorted in descending order (s = x for the mask,
 // s = |x| for the magnitude), w = 1_k, q = p / (p - 1), lam_q1 = lam^(q-1),
 // psi~(z) = sign(z) |z|^(q-1). The isotonic problem pools adjacent violators; a block B takes the
 // value gamma solving  sum_B psi~(s_i - gamma) = lam_q1 * sum_B w_i * (1 for the mask, gamma for
@@ -13,9 +14,9 @@
 // junction; every other element is a singleton whose output is known in closed form
 // (mask: 1 above, 0 below; magnitude: the kept value above, 0 below).
 //
-// Everything below TopkParams::make is host and device code: the CUDA kernels
-// (csrc/cuda/soft_topk_cuda.cu) solve each row with the very same functions. Rows may be stored
-// as float or double (template S); all arithmetic is float64.
+// Everything here is host and device code (SP_HD): the CPU kernels (soft_topk_cpu.cpp) and the
+// CUDA kernels (cuda/soft_topk_cuda.cu) solve each row, and differentiate it, with the very same
+// functions. Rows may be stored as float or double (template S); all arithmetic is float64.
 #pragma once
 
 #include <algorithm>
@@ -25,11 +26,7 @@
 #include <limits>
 #include <type_traits>
 
-#ifdef __CUDACC__
-#define SP_HD __host__ __device__
-#else
-#define SP_HD
-#endif
+#include "float_order.h"
 
 namespace smoothprune {
 
@@ -149,25 +146,23 @@ SP_HD inline double depressed_cubic_root(double Pc, double Qc) {
   return scale * (-Q / (A * A + P / 3.0 + B * B));
 }
 
-// float64 numbers as integers of the same order (-0.0 and +0.0 both 0).
-SP_HD inline int64_t ordered_bits(double v) {
-  int64_t b;
-  ::memcpy(&b, &v, sizeof b);
-  return b >= 0 ? b : -(b & INT64_MAX);
+// A float64's position among the float64 numbers in order, counted from 0 where -0.0 and +0.0
+// both sit (ordered_bits with its two zeros merged), and the float64 at a position.
+SP_HD inline int64_t float64_rank(double v) {
+  constexpr uint64_t kSign = ordered_sign_bit<double>();
+  const uint64_t o = ordered_bits(v);
+  return static_cast<int64_t>(o - kSign) + (o < kSign ? 1 : 0);
 }
 
-SP_HD inline double from_ordered_bits(int64_t o) {
-  const int64_t b = o >= 0 ? o : ((-o) | INT64_MIN);
-  double v;
-  ::memcpy(&v, &b, sizeof v);
-  return v;
+SP_HD inline double float64_at_rank(int64_t r) {
+  return from_ordered_bits<double>(static_cast<uint64_t>(r) + ordered_sign_bit<double>() - (r < 0 ? 1 : 0));
 }
 
 // The float64 halfway between lo < hi in order (not in value): bisection by it reaches adjacent
 // numbers in at most 64 steps whatever the bracket spans (1e-300 .. 1 as well as 1 .. 2).
 SP_HD inline double ordered_midpoint(double lo, double hi) {
-  const int64_t a = ordered_bits(lo), b = ordered_bits(hi);
-  return from_ordered_bits((a >> 1) + (b >> 1) + (a & b & 1));
+  const int64_t a = float64_rank(lo), b = float64_rank(hi);
+  return float64_at_rank((a >> 1) + (b >> 1) + (a & b & 1));
 }
 
 // Root of a decreasing f on [lo, hi] with f(lo) >= 0 >= f(hi) (f may be infinite there).
@@ -270,7 +265,7 @@ SP_HD inline scalar_t kept_output(scalar_t xj, double s, const TopkParams& P) {
 }
 
 // ---- Scale-free frames -------------------------------------------------------------------
-// The operators' invariances (DESIGN.md section 2): the mask of (x, lam) is the mask of
+// The operators' invariances (docs/design.md §6): the mask of (x, lam) is the mask of
 // ((x - c) / lam, lam = 1), and the magnitude of (x, lam) is c times the magnitude of
 // (x / c, lam c^(p-2)). Solving in the frame of the row's junction key c keeps every quantity
 // near 1 whatever lam and the keys' scale (lam = 1e300, subnormal lam, keys near 1.8e308); the
@@ -306,10 +301,18 @@ SP_HD inline scalar_t framed_block_output(scalar_t xj, double s, double rel, con
   return static_cast<scalar_t>(out);
 }
 
+// For p > 2 the mask of a pooled block's last member (the smallest key) is infinitely sensitive
+// to the offset near 0: one ulp of rel can move it by more than rounding. It takes the remainder
+// of the block's share k - a instead (rest: the sum of the other members' masks), so that the
+// mask sums to k.
+SP_HD inline double mask_remainder(int64_t k, int64_t a, double rest) {
+  return std::min(std::max(static_cast<double>(k - a) - rest, 0.0), 1.0);
+}
+
 // ---- One sorted row ----------------------------------------------------------------------
 // A pair of sums over the sorted positions [a, b): `sum(a, b, term)` adds term(i) (a Sums) over
-// them. The CPU sums serially (SerialSum); the CUDA long-row kernel passes a sum over all threads
-// of a CUDA block, and so runs these very functions cooperatively.
+// them. The CPU sums serially (SerialSum); the CUDA long-row kernel passes a sum over the threads
+// of a thread block, and so runs these very functions cooperatively.
 struct Sums {
   double first;
   double second;
@@ -370,39 +373,65 @@ SP_HD inline double block_equation(const D& d, int64_t a, int64_t b, int64_t k, 
   return t.first - W * (P.magnitude ? c + rel : 1.0);
 }
 
-// Closed-form offset of a block of m members, W of them kept-side, from the sum S1 of their
-// differences (p = 2, exact) or also their central moments M2, M3 (p = 4/3, the real root of
-//   sum (e_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W gamma (magnitude)).
-SP_HD inline double closed_form_rel(double m, double W, double S1, double M2, double M3, double c,
-                                    const TopkParams& P) {
-  if (P.kind == PKind::kTwo) {
-    return P.magnitude ? (S1 - P.lam * W * c) / (m + P.lam * W) : (S1 - P.lam * W) / m;
-  }
-  const double mu = S1 / m;
-  const double l3W = P.lam_q1 * W;
-  const double u = P.magnitude ? depressed_cubic_root((3.0 * M2 + l3W) / m, (l3W * (c + mu) - M3) / m)
-                               : depressed_cubic_root(3.0 * M2 / m, (l3W - M3) / m);
+// What the closed forms need of a block: its m members, W of them kept-side (w = 1), the sum S1
+// of their differences and, for p = 4/3, their central moments M2 and M3.
+struct BlockMoments {
+  double m, W, S1, M2, M3;
+};
+
+// p = 2: the block's exact offset (the block equation is linear in rel).
+SP_HD inline double linear_rel(const BlockMoments& B, double c, const TopkParams& P) {
+  return P.magnitude ? (B.S1 - P.lam * B.W * c) / (B.m + P.lam * B.W) : (B.S1 - P.lam * B.W) / B.m;
+}
+
+// p = 4/3: mu + u, u the real root of
+//   sum (e_i - u)^3 = M3 - 3 u M2 - m u^3 = lam^3 W (mask) or lam^3 W gamma (magnitude),
+// e_i = d_i - mu: exact in exact arithmetic, the start that Newton polishes in block_rel.
+SP_HD inline double cubic_rel(const BlockMoments& B, double c, const TopkParams& P) {
+  const double mu = B.S1 / B.m;
+  const double l3W = P.lam_q1 * B.W;
+  const double u = P.magnitude ? depressed_cubic_root((3.0 * B.M2 + l3W) / B.m, (l3W * (c + mu) - B.M3) / B.m)
+                               : depressed_cubic_root(3.0 * B.M2 / B.m, (l3W - B.M3) / B.m);
   return mu + u;
 }
 
+// The closed-form offset of a block (p = 2 or p = 4/3).
+SP_HD inline double closed_form_rel(const BlockMoments& B, double c, const TopkParams& P) {
+  return P.kind == PKind::kTwo ? linear_rel(B, c, P) : cubic_rel(B, c, P);
+}
+
+// The block [a, b)'s size, kept-side count and sum of differences (one pass; no central moments).
+template <typename D, typename Sum>
+SP_HD inline BlockMoments block_sums(const D& d, int64_t a, int64_t b, int64_t k, const Sum& sum) {
+  const double S1 = sum(a, b, [&](int64_t i) { return Sums{d(i), 0.0}; }).first;
+  return {static_cast<double>(b - a), static_cast<double>(std::min(b, k) - a), S1, 0.0, 0.0};
+}
+
+// B's central moments M2 and M3, in a second pass over the block about its mean: accurate
+// whatever the block's spread (unlike moments from running sums of powers).
+template <typename D, typename Sum>
+SP_HD inline void add_central_moments(const D& d, int64_t a, int64_t b, const Sum& sum, BlockMoments* B) {
+  const double mu = B->S1 / B->m;
+  const Sums M = sum(a, b, [&](int64_t i) {
+    const double e = d(i) - mu;
+    return Sums{e * e, e * e * e};
+  });
+  B->M2 = M.first;
+  B->M3 = M.second;
+}
+
 // Exact offset rel of the fixed block [a, b) (k splits it into w = 1 and w = 0 parts): the
-// closed form (two passes: mean, then moments), polished by Newton for p = 4/3; the root of
-// the block equation for any other p.
+// closed form for p = 2; for p = 4/3 the closed form polished by Newton on the block equation;
+// the root of the block equation for any other p.
 template <typename D, typename Sum>
 SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, double c, const TopkParams& P,
                               const Sum& sum) {
-  const double m = static_cast<double>(b - a);
-  const double W = static_cast<double>(std::min(b, k) - a);
-  const double S1 = sum(a, b, [&](int64_t i) { return Sums{d(i), 0.0}; }).first;
-  if (P.kind == PKind::kTwo) return closed_form_rel(m, W, S1, 0.0, 0.0, c, P);
+  BlockMoments B = block_sums(d, a, b, k, sum);
+  if (P.kind == PKind::kTwo) return linear_rel(B, c, P);
   double start = NAN;
   if (P.kind == PKind::kFourThirds) {
-    const double mu = S1 / m;
-    const Sums M = sum(a, b, [&](int64_t i) {
-      const double e = d(i) - mu;
-      return Sums{e * e, e * e * e};
-    });
-    start = closed_form_rel(m, W, S1, M.first, M.second, c, P);
+    add_central_moments(d, a, b, sum, &B);
+    start = cubic_rel(B, c, P);
   }
   const double lo = P.magnitude ? -c : d(b - 1) - P.lam;
   const double hi = d(a);
@@ -410,30 +439,36 @@ SP_HD inline double block_rel(const D& d, int64_t a, int64_t b, int64_t k, doubl
   return solve_decreasing(eq, lo, hi, start);
 }
 
+// Running sums of a growing block's differences and their powers, O(1) per member.
+struct RunningMoments {
+  double m = 0, W = 0, S1 = 0, S2 = 0, S3 = 0;
+
+  SP_HD void add(double e, bool kept) {
+    m += 1;
+    W += kept ? 1.0 : 0.0;
+    S1 += e;
+    S2 += e * e;
+    S3 += e * e * e;
+  }
+  SP_HD BlockMoments central() const {
+    const double mu = S1 / m;
+    const double M2 = std::max(S2 - S1 * mu, 0.0);
+    const double M3 = S3 - 3.0 * mu * S2 + 2.0 * mu * mu * S1;
+    return {m, W, S1, M2, M3};
+  }
+};
+
 // Grows the boundary block outwards from the junction with O(1) updates (p = 2 and p = 4/3):
 // running sums of the differences keep the merge decisions accurate.
 template <typename D>
 SP_HD inline void grow_block_closed_form(const D& d, int64_t n, int64_t k, double c, const TopkParams& P,
                                          int64_t* a_out, int64_t* b_out) {
-  double m = 0, W = 0, S1 = 0, S2 = 0, S3 = 0;
-  auto add = [&](int64_t i) {
-    const double e = d(i);
-    m += 1;
-    W += (i < k) ? 1.0 : 0.0;
-    S1 += e;
-    S2 += e * e;
-    S3 += e * e * e;
-  };
-  auto value = [&]() {  // central moments from the running sums
-    const double mu = S1 / m;
-    const double M2 = std::max(S2 - S1 * mu, 0.0);
-    const double M3 = S3 - 3.0 * mu * S2 + 2.0 * mu * mu * S1;
-    return closed_form_rel(m, W, S1, M2, M3, c, P);
-  };
+  RunningMoments moments;
+  auto add = [&](int64_t i) { moments.add(d(i), i < k); };
   int64_t a = k - 1, b = k + 1;
   add(k - 1);
   add(k);
-  double rel = value();
+  double rel = closed_form_rel(moments.central(), c, P);
   for (;;) {
     if (a > 0 && kept_rel(d(a - 1), c, P) < rel) {
       add(--a);
@@ -442,7 +477,7 @@ SP_HD inline void grow_block_closed_form(const D& d, int64_t n, int64_t k, doubl
     } else {
       break;
     }
-    rel = value();
+    rel = closed_form_rel(moments.central(), c, P);
   }
   *a_out = a;
   *b_out = b;
@@ -472,7 +507,7 @@ SP_HD inline int64_t first_below_d(const D& d, int64_t lo, int64_t hi, double t,
 // Both ends of the block only move down as rel grows: they are searched once at the bracket's
 // ends, and then only between those (a small part of a long row) instead of over the whole row.
 template <typename D, typename Sum>
-SP_HD inline void find_block_general(const D& d, int64_t n, int64_t k, double c, double lo, const TopkParams& P,
+SP_HD inline void find_block_by_root(const D& d, int64_t n, int64_t k, double c, double lo, const TopkParams& P,
                                      const Sum& sum, int64_t* a_out, int64_t* b_out) {
   const double hi = d(k);
   const int64_t a_first = first_below_d(d, 0, k, kept_threshold_rel(hi, c, P), false);
@@ -528,7 +563,7 @@ SP_HD inline BoundaryBlock solve_sorted_diffs(const D& d, int64_t n, int64_t k, 
   double kept_junction;
   if (!junction_pools(d, n, k, c, P, &kept_junction)) return blk;
   if (by_root || P.kind == PKind::kGeneral) {
-    find_block_general(d, n, k, c, kept_junction, P, sum, &blk.a, &blk.b);
+    find_block_by_root(d, n, k, c, kept_junction, P, sum, &blk.a, &blk.b);
   } else {
     grow_block_closed_form(d, n, k, c, P, &blk.a, &blk.b);
   }
@@ -546,6 +581,76 @@ SP_HD inline BoundaryBlock solve_sorted_row_framed(const S* s, int64_t n, int64_
   const Frame F = make_frame(static_cast<double>(s[k - 1]), P);
   return solve_sorted_diffs([s, &F](int64_t i) { return F.diff(static_cast<double>(s[i])); }, n, k, F.cf, F.P,
                             sum, by_root);
+}
+
+// What the backward reads of a solved row (saved per row as `blocks` [a, b) and `gamma`): the
+// block and its offset rel in the row's frame (0 without a block); a == b == -1 and NaN mark a
+// row that held a NaN/Inf (or invalid k, lam), whose outputs and gradients are NaN.
+SP_HD inline void save_block(const BoundaryBlock& blk, int64_t* ab, double* gamma) {
+  ab[0] = blk.a;
+  ab[1] = blk.b;
+  *gamma = blk.a < blk.b ? blk.rel : 0.0;
+}
+
+SP_HD inline void save_nan_row(int64_t* ab, double* gamma) {
+  ab[0] = ab[1] = -1;
+  *gamma = NAN;
+}
+
+// ---- The closed-form backward (docs/design.md §5) --------------------------------------------
+// The vector-Jacobian product of a row, given its saved block [a, b) and offset rel. Pruned
+// singletons get no gradient, kept ones kept_magnitude_sensitivity (zero for the mask: it is
+// locally constant there), pooled block members block_member_grad, after one pass over the block
+// for its BlockGradSums.
+
+// The key of an input x as the backward reads it: |x| for the magnitude, x for the mask.
+SP_HD inline double key_of(double x, const TopkParams& P) {
+  return P.magnitude ? ::fabs(x) : x;
+}
+
+// sign(x) with sign(0) = +1: the magnitude is odd in x and differentiated through |x|.
+SP_HD inline double grad_sign(double x, const TopkParams& P) {
+  return (P.magnitude && x < 0) ? -1.0 : 1.0;
+}
+
+// dy/dx of a kept magnitude singleton at key s: exactly 1 de-biased (y = x there), else
+// e / (e + 1) with e = psi'(z) at its shrink z.
+SP_HD inline double kept_magnitude_sensitivity(double s, const TopkParams& P) {
+  double sens = 1.0;
+  if (!P.debias) {
+    const double e = psi_deriv(kept_shrink(s, P), P);
+    sens = e / (e + 1.0);
+  }
+  return sens;
+}
+
+// e = psi'(z) of a block member at key s, in the row's frame F (block offset rel).
+SP_HD inline double block_member_slope(double s, double rel, const Frame& F) {
+  return psi_deriv(std::max(F.diff(s) - rel, 0.0), F.P);
+}
+
+// The block's sums of the gradient formula: E = sum (e_i + w_i [magnitude]), Ge = sum g~_i e_i and
+// G = sum g~_i, with g~_i = sign(x_i) g_i.
+struct BlockGradSums {
+  double E = 0.0, Ge = 0.0, G = 0.0;
+
+  SP_HD void add(double gt, double e, bool kept, const TopkParams& P) {
+    E += e + ((P.magnitude && kept) ? 1.0 : 0.0);
+    Ge += gt * e;
+    G += gt;
+  }
+};
+
+// The gradient of a block member with sign sg, g~ = gt and slope e, in the frame F:
+//   dx = sg (e (g~ - Ge / E) + beta (g~ - e G / E)) / (lam for the mask, 1 else),
+// beta = 1 de-biased and 0 otherwise: the Jacobian with c_i = lam^(q-1) e_i, divided through by
+// lam^(q-1); the frame measures the mask's offsets in units of lam (F.unit). Needs E > 0, true
+// whenever the block holds a kept element.
+SP_HD inline double block_member_grad(double gt, double sg, double e, const BlockGradSums& t, const Frame& F,
+                                      const TopkParams& P) {
+  const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
+  const double grad_s = e * (gt - t.Ge / t.E) + beta * (gt - e * t.G / t.E);
+  return sg * grad_s * (P.magnitude ? 1.0 : 1.0 / F.unit);
 }
 
 }  // namespace smoothprune

@@ -1,7 +1,7 @@
 // Descending, stable key/index sort of one row, used by the PAV forward.
 //
 // Keys are the row's values mapped to unsigned integers whose ascending order is the descending
-// order of the values (see `descending_key`). Long rows use an LSD radix sort with 8-bit digits
+// order of the values (`descending_key`). Long rows use an LSD radix sort with 8-bit digits
 // (digits on which all keys agree are skipped, which is common for the sign and exponent bytes);
 // short rows use std::sort. Both are stable in the original index, so ties keep index order.
 #pragma once
@@ -13,22 +13,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "float_order.h"
+
 namespace smoothprune {
 
-// Order-preserving map of a float/double to an unsigned integer, inverted so that ascending
-// integer order is descending value order. -0.0 must be canonicalised to +0.0 by the caller.
-inline uint32_t descending_key(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return ~u;
-}
-
-inline uint64_t descending_key(double v) {
-  uint64_t u;
-  std::memcpy(&u, &v, sizeof(u));
-  u = (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
-  return ~u;
+// ordered_bits inverted: ascending integer order is descending value order. -0.0 must be
+// canonicalised to +0.0 by the caller (it would sort after +0.0).
+template <typename F>
+inline OrderedUint<F> descending_key(F v) {
+  return ~ordered_bits(v);
 }
 
 // Scratch buffers reused across the rows a thread processes.

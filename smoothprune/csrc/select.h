@@ -1,5 +1,5 @@
 // Selection of t_k and t_{k+1}, the k-th and (k+1)-th largest keys of a finite row (1 <= k < n),
-// in O(n), for the selection-based forward (DESIGN.md section 2).
+// in O(n), for the selection-based forward (docs/design.md §3).
 //
 // - Small k (or small n - k): one pass keeping the k+1 largest (or the n-k+1 smallest) in a
 //   sorted buffer; after a few entries almost every key is rejected by one predictable compare.
@@ -12,13 +12,13 @@
 #pragma once
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
-#include <type_traits>
 #include <vector>
+
+#include "float_order.h"
 
 namespace smoothprune {
 
@@ -54,19 +54,6 @@ void keep_best(const Key* key, int64_t n, int64_t m, std::vector<Key>& buf, Bett
   }
 }
 
-// Keys mapped to unsigned integers of the same order (positive keys get the sign bit set,
-// negative ones have every bit flipped), so that "the next key up" is "+ 1".
-template <typename Key>
-struct OrderedBits {
-  using U = std::conditional_t<sizeof(Key) == 4, uint32_t, uint64_t>;
-  static constexpr U kSign = U(1) << (8 * sizeof(U) - 1);
-  static U of(Key v) {
-    const U u = std::bit_cast<U>(v);
-    return (u & kSign) ? ~u : (u | kSign);
-  }
-  static Key key(U o) { return std::bit_cast<Key>((o & kSign) ? (o & ~kSign) : ~o); }
-};
-
 // Equal-width value-range buckets between a row's minimum and maximum key (mn < mx, both
 // finite): about 4 keys per bucket, between 64 and 4096 buckets. The bucket index is monotone
 // non-decreasing in the key, so a histogram locates the buckets of any rank, and a bucket's
@@ -94,26 +81,24 @@ struct ValueBuckets {
   // For keys v in [mn, mx]: v > last_at_most(b) iff bucket(v) > b, and v < first_at_least(b)
   // iff bucket(v) < b. Found by bisection over the ordered bits of [mn, mx] (at most 64 steps).
   Key last_at_most(int64_t b) const {
-    using O = OrderedBits<Key>;
     if ((*this)(mx) <= b) return mx;
-    typename O::U lo = O::of(mn), hi = O::of(mx);  // bucket(lo) <= b < bucket(hi)
+    OrderedUint<Key> lo = ordered_bits(mn), hi = ordered_bits(mx);  // bucket(lo) <= b < bucket(hi)
     if ((*this)(mn) > b) return std::nextafter(mn, -std::numeric_limits<Key>::infinity());
     while (hi - lo > 1) {
       const auto mid = lo + (hi - lo) / 2;
-      ((*this)(O::key(mid)) <= b ? lo : hi) = mid;
+      ((*this)(from_ordered_bits<Key>(mid)) <= b ? lo : hi) = mid;
     }
-    return O::key(lo);
+    return from_ordered_bits<Key>(lo);
   }
   Key first_at_least(int64_t b) const {
-    using O = OrderedBits<Key>;
     if ((*this)(mn) >= b) return mn;
-    typename O::U lo = O::of(mn), hi = O::of(mx);  // bucket(lo) < b <= bucket(hi)
+    OrderedUint<Key> lo = ordered_bits(mn), hi = ordered_bits(mx);  // bucket(lo) < b <= bucket(hi)
     if ((*this)(mx) < b) return std::nextafter(mx, std::numeric_limits<Key>::infinity());
     while (hi - lo > 1) {
       const auto mid = lo + (hi - lo) / 2;
-      ((*this)(O::key(mid)) >= b ? hi : lo) = mid;
+      ((*this)(from_ordered_bits<Key>(mid)) >= b ? hi : lo) = mid;
     }
-    return O::key(hi);
+    return from_ordered_bits<Key>(hi);
   }
 };
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 import warnings
 
@@ -42,10 +41,8 @@ from smoothprune.lightning.integration import Gates, averaged_models, mirror_pru
 from smoothprune.nn.parametrizations import METHODS
 from smoothprune.nn.pruned import raw_tensors, specs_of
 from smoothprune.ops.sharded import is_dtensor
-from smoothprune.ops._checks import check_algorithm, check_bool
 from smoothprune.pruning import (
     harden_,
-    parse_scope,
     prune_,
     pruned_tensors,
     refresh_global_,
@@ -54,12 +51,25 @@ from smoothprune.pruning import (
     set_sparsity_,
     sparsity_report,
 )
+from smoothprune.validation import (
+    check_algorithm,
+    check_bool,
+    check_choice,
+    check_file_path,
+    check_int,
+    check_p,
+    check_positive,
+    check_sparsity,
+    check_targets,
+    is_real,
+    parse_scope,
+)
 
 log = logging.getLogger("smoothprune.lightning")
 
 INTERVALS = ("step", "epoch")
 # A float sparsity ramps by a cubic schedule (Zhu & Gupta) over this part of training; chosen
-# by benchmarks/defaults.py (see the README's "Defaults" table).
+# by benchmarks/defaults.py (see docs/pruning.md, "Defaults").
 DEFAULT_RAMP = (0.0, 0.5)
 DEFAULT_LAM = 1.0  # relative (relative_lam=True): lam * rms(W')^(2 - p) per tensor
 DEFAULT_P = 4 / 3
@@ -67,6 +77,7 @@ DEFAULT_P = 4 / 3
 # by benchmarks/defaults.py.
 DEFAULT_FINETUNE = 0.25
 _REFUSED = ("FSDP", "DeepSpeed")  # FSDP1 and DeepSpeed: flat parameters, not the user's tensors
+FN = "SmoothPruning"  # the function errors name
 
 
 def _enable_console_log() -> None:
@@ -80,10 +91,16 @@ def _enable_console_log() -> None:
 
 
 def _schedule(name: str, value, *, upper: float | None):
+    """A sparsity (``upper=1``: values in [0, 1]) or lam (``upper=None``: values > 0) schedule; a
+    plain number (or a bool) is checked as `prune_` checks it."""
+    if (is_real(value) or isinstance(value, bool)) and upper is not None:
+        check_sparsity(FN, value)
+    elif is_real(value) or isinstance(value, bool):
+        check_positive(FN, name, value)
     try:
         schedule = schedules.build(value)
     except ValueError as exc:
-        raise ValueError(f"SmoothPruning: bad {name} schedule: {exc}") from None
+        raise ValueError(f"{FN}: bad {name} schedule: {exc}") from None
     # check the values the schedule takes at its ends (all built-in schedules are monotone)
     probes = [schedule.at(0), schedule.at(10**12)]
     for attr in ("begin", "end"):
@@ -91,20 +108,19 @@ def _schedule(name: str, value, *, upper: float | None):
             probes.append(schedule.at(getattr(schedule, attr)))
     for v in probes:
         if upper is not None and not 0.0 <= v <= upper:
-            raise ValueError(f"SmoothPruning: expected {name} values in [0, {upper:g}], got {schedule!r} reaching {v!r}")
-        if upper is None and not v > 0:
-            raise ValueError(f"SmoothPruning: expected {name} values > 0, got {schedule!r} reaching {v!r}")
+            raise ValueError(f"{FN}: expected {name} values in [0, {upper:g}], got {schedule!r} reaching {v!r}")
+        if upper is None and not 0.0 < v < math.inf:
+            raise ValueError(f"{FN}: expected {name} values > 0 and finite, got {schedule!r} reaching {v!r}")
     return schedule
 
 
 def _check_ramp(ramp):
     if ramp is None:
         return None
-    ok = (isinstance(ramp, (tuple, list)) and len(ramp) == 2
-          and all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in ramp)
+    ok = (isinstance(ramp, (tuple, list)) and len(ramp) == 2 and all(is_real(r) for r in ramp)
           and 0.0 <= ramp[0] <= ramp[1] <= 1.0)
     if not ok:
-        raise ValueError(f"SmoothPruning: expected ramp to be None or (begin, end) fractions of training with "
+        raise ValueError(f"{FN}: expected ramp to be None or (begin, end) fractions of training with "
                          f"0 <= begin <= end <= 1, got ramp={ramp!r}")
     return float(ramp[0]), float(ramp[1])
 
@@ -112,24 +128,14 @@ def _check_ramp(ramp):
 def _check_finetune(finetune, ramp):
     if finetune is None:
         return 0.0
-    if isinstance(finetune, bool) or not isinstance(finetune, numbers.Real) or not 0.0 <= finetune < 1.0:
-        raise ValueError(f"SmoothPruning: expected finetune to be None or a fraction of training in [0, 1), got "
+    if not is_real(finetune) or not 0.0 <= finetune < 1.0:
+        raise ValueError(f"{FN}: expected finetune to be None or a fraction of training in [0, 1), got "
                          f"finetune={finetune!r}")
     if ramp is not None and ramp[1] > 1.0 - finetune + 1e-12:
-        raise ValueError(f"SmoothPruning: the hard fine-tuning (the last finetune={finetune!r} of training) would "
+        raise ValueError(f"{FN}: the hard fine-tuning (the last finetune={finetune!r} of training) would "
                          f"start before the sparsity ramp {ramp!r} ends; pass finetune <= {1.0 - ramp[1]:g} (or None), "
                          f"or a ramp that ends by {1.0 - finetune:g}")
     return float(finetune)
-
-
-def _check_names(name: str, value):
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, tuple)) for v in items):
-        raise ValueError(f"SmoothPruning: expected {name} to be None, a name or a list of names / 're:<regex>' "
-                         f"patterns, got {value!r}")
-    return value
 
 
 class SmoothPruningImpl:
@@ -183,45 +189,36 @@ class SmoothPruningImpl:
                  frequency: int = 1, make_pruning_permanent: bool = True, export_path=None, verbose: int = 0,
                  algorithm: str = "auto", num_iter=None, relative_lam: bool = True, best_at_target: bool = True,
                  hold_early_stopping: bool = True, finish_at_target: bool = True, finetune=DEFAULT_FINETUNE):
+        # Every argument is checked here (none needs the model or the trainer); setup and
+        # on_fit_start check only what depends on them (the targets' names, the strategy).
         self.ramp = _check_ramp(ramp)
         self.finetune = _check_finetune(finetune, self.ramp)
-        self._float_sparsity = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
+        self._float_sparsity = is_real(sparsity)
         self.sparsity_schedule = _schedule("sparsity", sparsity, upper=1.0)
         self.lam_schedule = _schedule("lam", lam, upper=None)
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
-            raise ValueError(f"SmoothPruning: expected p to be a finite float > 1, got p={p!r}")
-        if method not in METHODS:
-            raise ValueError(f"SmoothPruning: expected method in {METHODS}, got method={method!r}")
-        scope_kind, n_keep, m_group = parse_scope("SmoothPruning", scope)
+        self.p = check_p(FN, p)
+        self.method = check_choice(FN, "method", method, METHODS)
+        scope_kind, n_keep, m_group = parse_scope(FN, scope)
         self.target_sparsity = float(self.sparsity_schedule.at(10**12))
         if scope_kind == "nm" and abs(self.target_sparsity - (1 - n_keep / m_group)) > 1e-12:
-            raise ValueError(f"SmoothPruning: expected the sparsity schedule to end at {1 - n_keep / m_group:g} for "
+            raise ValueError(f"{FN}: expected the sparsity schedule to end at {1 - n_keep / m_group:g} for "
                              f"scope {scope!r}, got {self.sparsity_schedule!r}")
         self._nm = scope_kind == "nm"
-        if interval not in INTERVALS:
-            raise ValueError(f"SmoothPruning: expected interval in {INTERVALS}, got interval={interval!r}")
-        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"SmoothPruning: expected frequency to be an int >= 1, got frequency={frequency!r}")
-        check_bool("SmoothPruning", "make_pruning_permanent", make_pruning_permanent)
-        if export_path is not None and not isinstance(export_path, (str, os.PathLike)):
-            raise ValueError(f"SmoothPruning: expected export_path to be a path or None, got {export_path!r}")
-        if export_path is not None and os.path.isdir(export_path):
-            raise ValueError(f"SmoothPruning: expected export_path to be a file path, got the directory {export_path!r}")
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-            raise ValueError(f"SmoothPruning: expected verbose in (0, 1, 2), got verbose={verbose!r}")
-        check_algorithm("SmoothPruning", algorithm, p, num_iter, torch.device("cpu"))
-        if isinstance(parameters_to_prune, (list, tuple)) and len(parameters_to_prune) == 0:
-            raise ValueError("SmoothPruning: expected parameters_to_prune to be None or non-empty, got an empty list")
-        self.p, self.method, self.scope = float(p), method, scope
-        self.parameters_to_prune = _check_names("parameters_to_prune", parameters_to_prune)
-        self.exclude = _check_names("exclude", exclude)
-        self.interval, self.frequency = interval, frequency
-        self.make_pruning_permanent, self.export_path = make_pruning_permanent, export_path
-        self.verbose, self.algorithm, self.num_iter = verbose, algorithm, num_iter
-        self.relative_lam = check_bool("SmoothPruning", "relative_lam", relative_lam)
-        self.best_at_target = check_bool("SmoothPruning", "best_at_target", best_at_target)
-        self.hold_early_stopping = check_bool("SmoothPruning", "hold_early_stopping", hold_early_stopping)
-        self.finish_at_target = check_bool("SmoothPruning", "finish_at_target", finish_at_target)
+        self.scope = scope
+        self.parameters_to_prune = check_targets(FN, "parameters_to_prune", parameters_to_prune, pairs=True,
+                                                 nonempty=True)
+        self.exclude = check_targets(FN, "exclude", exclude, pairs=False)
+        self.interval = check_choice(FN, "interval", interval, INTERVALS)
+        self.frequency = check_int(FN, "frequency", frequency)
+        self.make_pruning_permanent = check_bool(FN, "make_pruning_permanent", make_pruning_permanent)
+        self.export_path = check_file_path(FN, "export_path", export_path)
+        self.verbose = check_choice(FN, "verbose", verbose, (0, 1, 2))
+        check_algorithm(FN, algorithm, self.p, num_iter)
+        self.algorithm, self.num_iter = algorithm, num_iter
+        self.relative_lam = check_bool(FN, "relative_lam", relative_lam)
+        self.best_at_target = check_bool(FN, "best_at_target", best_at_target)
+        self.hold_early_stopping = check_bool(FN, "hold_early_stopping", hold_early_stopping)
+        self.finish_at_target = check_bool(FN, "finish_at_target", finish_at_target)
         if verbose:
             _enable_console_log()
         self._ramp_steps = None  # (begin, end) of the resolved ramp, once the trainer's length is known

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from smoothprune.ops._checks import check_algorithm
-from smoothprune.ops.loss import FILLS, REDUCTIONS, soft_topk_loss
+from smoothprune.ops.loss import check_loss_options, soft_topk_loss
+from smoothprune.validation import check_positive
 
 
 class SoftTopKLoss(torch.nn.Module):
@@ -24,7 +24,7 @@ class SoftTopKLoss(torch.nn.Module):
 
     Raises:
         ValueError: on ``k < 1``, ``lam <= 0``, ``p <= 1``, an unknown ``reduction``/``fill``, or
-            a bad ``algorithm``/``num_iter``.
+            a bad ``algorithm``/``num_iter`` (a bool is no number), naming the argument.
 
     Example:
         >>> import torch, smoothprune as sp
@@ -36,18 +36,10 @@ class SoftTopKLoss(torch.nn.Module):
     def __init__(self, k: int, *, lam: float = 1.0, p: float = 2.0, reduction: str = "mean", fill: str = "uniform",
                  algorithm: str = "auto", num_iter=None):
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"SoftTopKLoss: expected an int k >= 1, got k={k!r}")
-        if not (isinstance(lam, (int, float)) and 0 < lam < float("inf")):
-            raise ValueError(f"SoftTopKLoss: expected lam > 0 and finite, got lam={lam!r}")
-        if not (isinstance(p, (int, float)) and 1 < p < float("inf")):
-            raise ValueError(f"SoftTopKLoss: expected p > 1 and finite, got p={p!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"SoftTopKLoss: expected reduction in {REDUCTIONS}, got {reduction!r}")
-        if fill not in FILLS:
-            raise ValueError(f"SoftTopKLoss: expected fill in {FILLS}, got {fill!r}")
-        check_algorithm("SoftTopKLoss", algorithm, p, num_iter, torch.device("cpu"))
-        self.k, self.lam, self.p, self.reduction, self.fill = k, float(lam), float(p), reduction, fill
+        fn = "SoftTopKLoss"
+        k, p = check_loss_options(fn, k, p, reduction, fill, algorithm, num_iter)
+        lam = check_positive(fn, "lam", lam)
+        self.k, self.lam, self.p, self.reduction, self.fill = k, lam, p, reduction, fill
         self.algorithm, self.num_iter = algorithm, num_iter
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

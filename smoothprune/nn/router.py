@@ -23,15 +23,14 @@ reference that the tests compare against.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
-import numbers
 
 import torch
 
-from smoothprune.ops._checks import check_positive
-from smoothprune.ops.dykstra import dykstra_q
 from smoothprune.ops.hard_topk import hard_topk_mask
 from smoothprune.ops.soft_topk import soft_topk_mask
+from smoothprune.validation import check_choice, check_dykstra_p, check_int, check_p, check_positive
 
 TOPKS = ("hard", "dykstra", "pav")
 DISPATCHES = ("gather", "einsum")
@@ -71,10 +70,19 @@ class Routing:
         return (self.mask != 0).sum(dim=1).float().mean() / max(self.capacity, 1)
 
 
-def _check_positive_int(fn: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{fn}: expected {name} to be an int >= 1, got {name}={value!r}")
-    return int(value)
+def _router_options(fn: str, dim, num_experts, capacity_factor, topk, lam, p, num_iter) -> tuple:
+    """The router's arguments, checked and normalized (for `ExpertChoiceRouter` and, naming
+    itself, `SparseMoE`)."""
+    dim = check_int(fn, "dim", dim)
+    num_experts = check_int(fn, "num_experts", num_experts)
+    capacity_factor = check_positive(fn, "capacity_factor", capacity_factor)
+    topk = check_choice(fn, "topk", topk, TOPKS)
+    lam = check_positive(fn, "lam", lam)
+    p = check_p(fn, p)
+    if topk == "dykstra":
+        check_dykstra_p(fn, p, what="topk='dykstra'")
+    num_iter = check_int(fn, "num_iter", num_iter)
+    return dim, num_experts, capacity_factor, topk, lam, p, num_iter
 
 
 class ExpertChoiceRouter(torch.nn.Module):
@@ -107,18 +115,8 @@ class ExpertChoiceRouter(torch.nn.Module):
                  lam: float = 1e-2, p: float = 2.0, num_iter: int = 10):
         super().__init__()
         fn = "ExpertChoiceRouter"
-        dim = _check_positive_int(fn, "dim", dim)
-        self.num_experts = _check_positive_int(fn, "num_experts", num_experts)
-        self.capacity_factor = check_positive(fn, "capacity_factor", capacity_factor)
-        if topk not in TOPKS:
-            raise ValueError(f"{fn}: expected topk in {TOPKS}, got topk={topk!r}")
-        self.lam = check_positive(fn, "lam", lam)
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 < p < float("inf"):
-            raise ValueError(f"{fn}: expected p to be a finite float > 1, got p={p!r}")
-        if topk == "dykstra" and dykstra_q(p) is None:
-            raise ValueError(f"{fn}: topk='dykstra' supports p=2 and p=4/3 only, got p={p!r}")
-        self.topk, self.p = topk, float(p)
-        self.num_iter = _check_positive_int(fn, "num_iter", num_iter)
+        dim, self.num_experts, self.capacity_factor, self.topk, self.lam, self.p, self.num_iter = _router_options(
+            fn, dim, num_experts, capacity_factor, topk, lam, p, num_iter)
         self.gate = torch.nn.Linear(dim, self.num_experts, bias=False)
 
     def capacity(self, num_tokens: int) -> int:
@@ -168,6 +166,9 @@ class SparseMoE(torch.nn.Module):
     Attributes:
         last_routing: the `Routing` of the latest forward (for statistics).
 
+    Raises:
+        ValueError: on a bad argument, its own or the router's, naming it.
+
     Example:
         >>> import torch
         >>> from smoothprune.nn import SparseMoE
@@ -178,10 +179,18 @@ class SparseMoE(torch.nn.Module):
 
     def __init__(self, dim: int, hidden: int, num_experts: int, *, dispatch: str = "gather", **router_kwargs):
         super().__init__()
-        hidden = _check_positive_int("SparseMoE", "hidden", hidden)
-        if dispatch not in DISPATCHES:
-            raise ValueError(f"SparseMoE: expected dispatch in {DISPATCHES}, got dispatch={dispatch!r}")
-        self.dispatch = dispatch
+        fn = "SparseMoE"
+        hidden = check_int(fn, "hidden", hidden)
+        self.dispatch = check_choice(fn, "dispatch", dispatch, DISPATCHES)
+        # the router's arguments, checked under this module's name
+        signature = inspect.signature(ExpertChoiceRouter)
+        known = tuple(name for name, arg in signature.parameters.items() if arg.kind == arg.KEYWORD_ONLY)
+        for name, value in router_kwargs.items():
+            if name not in known:
+                raise ValueError(f"{fn}: expected router_kwargs among {known}, got {name}={value!r}")
+        options = signature.bind(dim, num_experts, **router_kwargs)
+        options.apply_defaults()
+        _router_options(fn, **options.arguments)
         self.router = ExpertChoiceRouter(dim, num_experts, **router_kwargs)
         e = self.router.num_experts
         # experts stored stacked so that all of them run as one batched matmul

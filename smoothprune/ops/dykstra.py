@@ -6,8 +6,8 @@ flow depends on data. Rows are batched along the leading dimensions. On XLA devi
 iterations run as one compiled loop (an XLA ``While`` through ``torch_xla``'s ``scan``), and
 under ``torch.compile`` as torch's ``while_loop``, so the graph does not grow with ``num_iter``.
 
-The math (DESIGN.md section 2; paper section 5). After sorting, the operator is the isotonic
-problem ``min sum_i h_i(v_i)  s.t.  v_0 >= v_1 >= ... >= v_{n-1}``. Give the constraint
+The math (docs/design.md §4, on the isotonic reduction of §2; paper section 5). After sorting,
+the operator is the isotonic problem ``min sum_i h_i(v_i)  s.t.  v_0 >= v_1 >= ... >= v_{n-1}``. Give the constraint
 ``v_j >= v_{j+1}`` a multiplier ``mu_j >= 0``; for fixed ``mu`` the primal separates and element
 ``i`` carries the load ``c_i = mu_i - mu_{i-1}`` (``mu_{-1} = mu_{n-1} = 0``): ``h_i'(v_i) = c_i``.
 Each ``mu_j`` couples only the pair ``(j, j+1)``, so the even multipliers (pairs (0,1), (2,3), ...)
@@ -41,15 +41,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from smoothprune.ops._scalars import as_scalar_tensor
+from smoothprune.validation import dykstra_q  # (the exponents this path solves; validation refuses others)
 
-
-def dykstra_q(p: float):
-    """``q = p / (p - 1)`` for the exponents with a closed-form pair update (p = 2 -> 2,
-    p = 4/3 -> 4), else None."""
-    for p_closed, q in ((2.0, 2), (4.0 / 3.0, 4)):
-        if abs(p - p_closed) < 1e-12:
-            return q
-    return None
+__all__ = ["dykstra_soft_topk", "dual_ascent", "free_z", "cubic_root"]
 
 
 def _cbrt(x: torch.Tensor) -> torch.Tensor:

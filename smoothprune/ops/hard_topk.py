@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from smoothprune.ops import _checks
 from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_hard_topk_mag, sharded_hard_topk_mask
+from smoothprune.validation import check_dim, check_input, check_k
 
 
 def topk_mask_of(key: torch.Tensor, k, d: int) -> torch.Tensor:
@@ -27,9 +27,9 @@ def topk_mask_of(key: torch.Tensor, k, d: int) -> torch.Tensor:
 
 def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torch.Tensor:
     """The checked 0/1 mask, NaN on slices of x holding a NaN or Inf (as the smooth operators)."""
-    _checks.check_input(fn, x)
-    d = _checks.check_dim(fn, x, dim)
-    k = _checks.check_k(fn, k, x.shape[d], dim, x)
+    check_input(fn, x)
+    d = check_dim(fn, x, dim)
+    k = check_k(fn, k, x.shape[d], dim, x)
     mask = topk_mask_of(key, k, d).to(x.dtype)
     return torch.where(torch.isfinite(x).all(d, keepdim=True), mask, torch.nan)
 
@@ -37,9 +37,9 @@ def _hard_mask(fn: str, key: torch.Tensor, x: torch.Tensor, k, dim: int) -> torc
 def _hard_dtensor(fn: str, x, k, dim: int, magnitude: bool):
     """A DTensor: each rank selects in its slices, or across shards where ``dim`` is sharded
     (ties at the k-th key then go to lower ranks first)."""
-    _checks.check_input(fn, x)
-    d = _checks.check_dim(fn, x, dim)
-    k = int(_checks.check_k(fn, k, x.shape[d], dim, x))
+    check_input(fn, x)
+    d = check_dim(fn, x, dim)
+    k = int(check_k(fn, k, x.shape[d], dim, x))
     op = hard_topk_mag if magnitude else hard_topk_mask
 
     def spread_fn(rows, group):
@@ -94,7 +94,7 @@ def hard_topk_mag(x: torch.Tensor, k, *, dim: int = -1) -> torch.Tensor:
         >>> sp.hard_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2)
         tensor([-5., 0., 3., 0.])
     """
-    _checks.check_input("hard_topk_mag", x)
+    check_input("hard_topk_mag", x)
     if is_dtensor(x):
         return _hard_dtensor("hard_topk_mag", x, k, dim, magnitude=True)
     if isinstance(x, torch.Tensor):

@@ -27,21 +27,38 @@ For both filled targets sum t = k, so L is invariant to adding a constant to eve
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from smoothprune.ops._checks import check_algorithm, check_input, check_lam, check_p
 from smoothprune.ops._scalars import as_scalar_tensor
 from smoothprune.ops.hard_topk import topk_mask_of
 from smoothprune.ops.soft_topk import soft_topk_mask
+from smoothprune.validation import check_algorithm, check_choice, check_input, check_int, check_lam, check_p
+
+__all__ = ["soft_topk_loss", "check_loss_options", "REDUCTIONS", "FILLS"]
 
 REDUCTIONS = ("mean", "sum", "none")
 FILLS = ("uniform", "topk", "none")
 
 
+def check_loss_options(fn: str, k, p, reduction, fill, algorithm, num_iter, num_classes: int | None = None,
+                       device: torch.device | None = None):
+    """The loss's arguments that need no tensor (`SoftTopKLoss` checks them at construction):
+    ``k`` an int >= 1 (and <= ``num_classes`` when known), ``p``, ``reduction``, ``fill`` and the
+    solver (for ``device`` when known: "auto" picks Dykstra on XLA). ``lam`` is checked by the
+    caller (a float, or for the function a scalar tensor too). Returns ``(k, p)`` normalized."""
+    k = check_int(fn, "k", k, low=1, high=num_classes, note=None if num_classes is None else "the number of classes")
+    p = check_p(fn, p)
+    check_choice(fn, "reduction", reduction, REDUCTIONS)
+    check_choice(fn, "fill", fill, FILLS)
+    check_algorithm(fn, algorithm, p, num_iter, device)
+    return k, p
+
+
 def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, num_iter):
-    check_input(fn, logits)
+    check_input(fn, logits, "logits")
+    num_classes = logits.shape[-1]
+    check_loss_options(fn, k, p, reduction, fill, algorithm, num_iter, num_classes, logits.device)
+    check_lam(fn, lam, logits)
     if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point or target.dtype == torch.bool:
         got = f"a {target.dtype} tensor" if isinstance(target, torch.Tensor) else type(target).__name__
         raise ValueError(f"{fn}: expected target to be an integer tensor of class indices, got {got}")
@@ -50,16 +67,6 @@ def _check_loss_args(fn, logits, target, k, lam, p, reduction, fill, algorithm, 
             f"{fn}: expected target of shape {tuple(logits.shape[:-1])} for logits of shape "
             f"{tuple(logits.shape)} (classes on the last dim), got {tuple(target.shape)}"
         )
-    num_classes = logits.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_classes:
-        raise ValueError(f"{fn}: expected an int 1 <= k <= {num_classes} (the number of classes), got k={k!r}")
-    check_lam(fn, lam, logits)
-    check_p(fn, p)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{fn}: expected reduction in {REDUCTIONS}, got {reduction!r}")
-    if fill not in FILLS:
-        raise ValueError(f"{fn}: expected fill in {FILLS}, got {fill!r}")
-    check_algorithm(fn, algorithm, p, num_iter, logits.device)
     if target.device != logits.device:
         raise ValueError(f"{fn}: expected target on the device of logits ({logits.device}), got {target.device}")
     if target.device.type == "cpu" and target.numel() and not torch.compiler.is_compiling():

@@ -1,8 +1,8 @@
 """Sparse smooth top-k operators: `soft_topk_mask` and `soft_topk_mag`.
 
 The exact solver is the native op `torch.ops.smoothprune.soft_topk_forward` (PAV, any p > 1); its
-backward is the native op `soft_topk_backward` (the closed-form block Jacobian of DESIGN.md
-section 2), and their autograd is registered in C++ (csrc/autograd.cpp: Python autograd glue
+backward is the native op `soft_topk_backward` (the closed-form block Jacobian of docs/design.md
+§5), and their autograd is registered in C++ (csrc/autograd.cpp: Python autograd glue
 would cost more than the op on small tensors). Both get a fake kernel (for torch.compile / meta
 tensors) here, beside the wrappers. `algorithm="dykstra"` runs the pure-tensor path of
 `smoothprune.ops.dykstra`.
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from smoothprune import _native  # noqa: F401  (loads the op library)
-from smoothprune.ops import _checks
 from smoothprune.ops._scalars import as_scalar_tensor, native_scalar_device
 from smoothprune.ops.dykstra import dykstra_soft_topk
-from smoothprune.ops.native import soft_topk_last_dim
+from smoothprune.ops.native import soft_topk_last_dim  # (importing it loads the op library)
 from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_soft_topk
+from smoothprune.validation import check_algorithm, check_bool, check_dim, check_input, check_k, check_lam, check_p
 
 
 
@@ -44,13 +43,13 @@ def _soft_topk_backward_fake(grad, x, perm, blocks, gamma, k, lam, p, magnitude,
 # the unchecked native path, and the public wrappers
 # ----------------------------------------------------------------------------------------------
 def _soft_topk(fn, x, k, lam, p, dim, algorithm, num_iter, magnitude, debias):
-    _checks.check_input(fn, x)
-    d = _checks.check_dim(fn, x, dim)
+    check_input(fn, x)
+    d = check_dim(fn, x, dim)
     n = x.shape[d]
-    k = _checks.check_k(fn, k, n, dim, x)
-    lam = _checks.check_lam(fn, lam, x)
-    p = _checks.check_p(fn, p)
-    algorithm = _checks.check_algorithm(fn, algorithm, p, num_iter, x.device)
+    k = check_k(fn, k, n, dim, x)
+    lam = check_lam(fn, lam, x)
+    p = check_p(fn, p)
+    algorithm = check_algorithm(fn, algorithm, p, num_iter, x.device)
     if is_dtensor(x):
         return _soft_topk_dtensor(fn, x, k, lam, p, d, algorithm, num_iter, magnitude, debias)
     last = d == x.dim() - 1
@@ -146,5 +145,5 @@ def soft_topk_mag(x, k, *, lam=0.1, p=4 / 3, dim=-1, algorithm="auto", num_iter=
         >>> sp.soft_topk_mag(torch.tensor([-5., -2., 3., 1.]), k=2, lam=1e-2)
         tensor([-5., 0., 3., 0.])
     """
-    debias = _checks.check_bool("soft_topk_mag", "debias", debias)
+    debias = check_bool("soft_topk_mag", "debias", debias)
     return _soft_topk("soft_topk_mag", x, k, lam, p, dim, algorithm, num_iter, True, debias)

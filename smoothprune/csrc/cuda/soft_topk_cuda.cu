@@ -15,14 +15,14 @@
 //      shared memory), a cub radix sort with int32 positions for long ones;
 //   2. rows shorter than kLongRow: one thread per row solves the sorted row with the PAV of pav.h
 //      (the same code as the CPU, in the same scale-free frame: the pooled block is grown outwards
-//      from the k | k+1 junction, so its cost is the block's size); longer rows: one CUDA block
-//      per row runs pav.h's root search for the block with its sums over the block's threads
-//      (solve_long_rows_kernel);
+//      from the k | k+1 junction, so its cost is the block's size); longer rows: one thread block
+//      per row runs pav.h's root search for the pooled block with its sums over the thread
+//      block's threads (solve_long_rows_kernel);
 //   3. every element is settled in parallel: kept singleton, pooled block or pruned; for p > 2
 //      the mask's smallest block member then takes the remainder of the block's share, as on the
 //      CPU (mask_remainder_kernel).
-// Backward: one CUDA block per row reduces the three block sums, then every element's gradient is
-// written in parallel.
+// Backward (pav.h's closed-form backward, as on the CPU): one thread block per row reduces the
+// pooled block's three sums, then every element's gradient is written in parallel.
 // k and lam may be CPU tensors (read and checked on the host, as on the CPU) or 0-d tensors on
 // x's GPU, which the kernels read themselves (ScalarArgs): then a call never synchronises with the
 // device, and a CUDA graph replays with whatever values the tensors hold at replay time.
@@ -49,7 +49,7 @@ namespace smoothprune {
 namespace {
 
 constexpr int kThreads = 256;
-// Rows at least this long are solved by a whole CUDA block each (solve_long_rows_kernel).
+// Rows at least this long are solved by a whole thread block each (solve_long_rows_kernel).
 constexpr int64_t kLongRow = 2048;
 // torch sorts rows up to this length by a bitonic sort in shared memory, faster than cub there.
 constexpr int64_t kBitonicSortRow = 4096;
@@ -76,14 +76,22 @@ __device__ inline bool read_args(const ScalarArgs& A, int64_t n, int64_t* k, Top
   return kv >= 0 && kv <= n && lv > 0 && lv - lv == 0.0;
 }
 
-// Grid-stride launch size for `total` elements.
-inline int blocks_for(int64_t total) {
+// Thread blocks of a grid-stride launch over `total` elements.
+inline int thread_blocks_for(int64_t total) {
   const int64_t wanted = (total + kThreads - 1) / kThreads;
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t cap = static_cast<int64_t>(sms) * 32;
   return static_cast<int>(std::max<int64_t>(1, std::min(wanted, cap)));
+}
+
+// Whether the sorted row s (descending, NaN first) has no solution: k or lam invalid (!valid),
+// or the row not finite, which it is iff both ends are.
+template <typename key_t>
+__device__ inline bool row_is_unsolvable(bool valid, const key_t* s, int64_t n) {
+  const double first = s[0], last = s[n - 1];
+  return !valid || !(first - first == 0.0) || !(last - last == 0.0);
 }
 
 // Step 2: one thread per row. `sorted` holds the keys in descending order.
@@ -96,28 +104,23 @@ __global__ void solve_rows_kernel(const key_t* __restrict__ sorted, int64_t rows
   TopkParams P;
   const bool valid = read_args(A, n, &k, &P);
   const key_t* s = sorted + r * n;
-  // Sorted descending (NaN first): the row is finite iff both ends are.
-  const double first = s[0], last = s[n - 1];
-  if (!valid || !(first - first == 0.0) || !(last - last == 0.0)) {
-    blocks[2 * r] = blocks[2 * r + 1] = -1;
-    gamma[r] = NAN;
+  if (row_is_unsolvable(valid, s, n)) {
+    save_nan_row(blocks + 2 * r, gamma + r);
     return;
   }
-  const BoundaryBlock blk = solve_sorted_row_framed(s, n, k, P);
-  blocks[2 * r] = blk.a;
-  blocks[2 * r + 1] = blk.b;
-  gamma[r] = blk.a < blk.b ? blk.rel : 0.0;
+  save_block(solve_sorted_row_framed(s, n, k, P), blocks + 2 * r, gamma + r);
 }
 
-// ---- Step 2 for long rows: one CUDA block per row -------------------------------------------
+// ---- Step 2 for long rows: one thread block per row -----------------------------------------
 // Growing the pooled block one element at a time costs its size in sequential steps, which is
-// thousands on rows of millions. Here a CUDA block runs pav.h's root search for the block
-// (find_block_general, for every p) and its exact offset (block_rel) together: every thread runs
-// the same search, and each sum over the block's members is split over the threads and reduced
-// (BlockSum); the reduced values, hence the search's steps, are identical in all threads.
+// thousands on rows of millions. Here a thread block runs pav.h's root search for the pooled
+// block (find_block_by_root, for every p) and its exact offset (block_rel) together: every thread
+// runs the same search, and each sum over the pooled block's members is split over the threads
+// and reduced (ThreadBlockSum); the reduced values, hence the search's steps, are identical in
+// all threads.
 
-// Sum of a pair over all threads of the block; every thread gets the totals.
-__device__ inline void block_sum2(double* v0, double* v1) {
+// Sum of a pair over all threads of the thread block; every thread gets the totals.
+__device__ inline void thread_block_sum2(double* v0, double* v1) {
   __shared__ double partial[2][kThreads / 32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   double a = *v0, b = *v1;
@@ -140,8 +143,8 @@ __device__ inline void block_sum2(double* v0, double* v1) {
   *v1 = b;
 }
 
-// pav.h's `sum` over [a, b) split over the threads of a CUDA block; every thread must call it.
-struct BlockSum {
+// pav.h's `sum` over [a, b) split over the threads of a thread block; every thread must call it.
+struct ThreadBlockSum {
   template <typename T>
   SP_HD Sums operator()(int64_t a, int64_t b, const T& term) const {
 #ifdef __CUDA_ARCH__
@@ -151,7 +154,7 @@ struct BlockSum {
       part.first += t.first;
       part.second += t.second;
     }
-    block_sum2(&part.first, &part.second);
+    thread_block_sum2(&part.first, &part.second);
     return part;
 #else
     return SerialSum{}(a, b, term);  // (never run: the kernels are device code)
@@ -166,22 +169,14 @@ __global__ void __launch_bounds__(kThreads) solve_long_rows_kernel(
   const int64_t r = blockIdx.x;
   int64_t k;
   TopkParams P;
-  const bool valid = read_args(A, n, &k, &P);  // the same in every thread
+  const bool valid = read_args(A, n, &k, &P);
   const key_t* s = sorted + r * n;
-  const double first = s[0], last = s[n - 1];
-  if (!valid || !(first - first == 0.0) || !(last - last == 0.0)) {
-    if (threadIdx.x == 0) {
-      blocks[2 * r] = blocks[2 * r + 1] = -1;
-      gamma[r] = NAN;
-    }
+  if (row_is_unsolvable(valid, s, n)) {  // the same in every thread
+    if (threadIdx.x == 0) save_nan_row(blocks + 2 * r, gamma + r);
     return;
   }
-  const BoundaryBlock blk = solve_sorted_row_framed(s, n, k, P, BlockSum{}, /*by_root=*/true);
-  if (threadIdx.x == 0) {
-    blocks[2 * r] = blk.a;
-    blocks[2 * r + 1] = blk.b;
-    gamma[r] = blk.a < blk.b ? blk.rel : 0.0;
-  }
+  const BoundaryBlock blk = solve_sorted_row_framed(s, n, k, P, ThreadBlockSum{}, /*by_root=*/true);
+  if (threadIdx.x == 0) save_block(blk, blocks + 2 * r, gamma + r);
 }
 
 // Step 3: every sorted position t = r * n + i writes y at its original position and perm.
@@ -215,9 +210,8 @@ __global__ void write_outputs_kernel(const scalar_t* __restrict__ x, const key_t
   }
 }
 
-// Step 3, p > 2, the mask: the mask of a block's last member (the smallest key) is infinitely
-// sensitive to the offset near 0, so it takes the remainder of the block's share k - a instead
-// and the mask sums to k (as on the CPU). One CUDA block per row.
+// Step 3, p > 2, the mask: the pooled block's last member takes the remainder of the block's share
+// (pav.h's mask_remainder, as on the CPU). One thread block per row.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) mask_remainder_kernel(const int32_t* __restrict__ perm, int64_t n,
                                                                   ScalarArgs A, const int64_t* __restrict__ blocks,
@@ -232,11 +226,8 @@ __global__ void __launch_bounds__(kThreads) mask_remainder_kernel(const int32_t*
   for (int64_t i = a + threadIdx.x; i + 1 < b; i += blockDim.x) {
     rest += static_cast<double>(y[r * n + perm[r * n + i]]);
   }
-  block_sum2(&rest, &unused);
-  if (threadIdx.x == 0) {
-    const double share = std::min(std::max(static_cast<double>(k - a) - rest, 0.0), 1.0);
-    y[r * n + perm[r * n + b - 1]] = static_cast<scalar_t>(share);
-  }
+  thread_block_sum2(&rest, &unused);
+  if (threadIdx.x == 0) y[r * n + perm[r * n + b - 1]] = static_cast<scalar_t>(mask_remainder(k, a, rest));
 }
 
 // The pooled block's frame of row r in the backward: from its junction key (sorted position k - 1).
@@ -247,37 +238,13 @@ __device__ inline Frame row_frame(const scalar_t* x, const int32_t* perm, int64_
   return make_frame(P.magnitude ? ::fabs(xc) : xc + 0.0, P);
 }
 
-// Backward step 1: one CUDA block per row reduces E = sum (e_i + w_i [magnitude]),
-// Ge = sum g~_i e_i and G = sum g~_i over the row's pooled block, e_i = psi'(z_i) (see
-// backward_row in soft_topk_cpu.cpp).
-template <typename scalar_t>
-__global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                                  const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
-                                  const double* __restrict__ gamma, int64_t n, ScalarArgs A,
-                                  double* __restrict__ sums) {
-  const int64_t r = blockIdx.x;
-  int64_t k;
-  TopkParams P;
-  const bool valid = read_args(A, n, &k, &P);
-  const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
-  double E = 0.0, Ge = 0.0, G = 0.0;
-  if (valid && a >= 0 && a < b) {
-    const Frame F = row_frame(x, perm, r, n, k, P);
-    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
-      const int64_t j = r * n + perm[r * n + i];
-      const double xv = static_cast<double>(x[j]);
-      const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;
-      const double gt = static_cast<double>(g[j]) * sg;
-      const double e = psi_deriv(std::max(F.diff(P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), F.P);
-      E += e + ((P.magnitude && i < k) ? 1.0 : 0.0);
-      Ge += gt * e;
-      G += gt;
-    }
-  }
+// The BlockGradSums of every thread of the thread block, summed by a tree in shared memory:
+// every thread gets the totals.
+__device__ inline BlockGradSums thread_block_tree_sum(const BlockGradSums& t) {
   __shared__ double shared[3][kThreads];
-  shared[0][threadIdx.x] = E;
-  shared[1][threadIdx.x] = Ge;
-  shared[2][threadIdx.x] = G;
+  shared[0][threadIdx.x] = t.E;
+  shared[1][threadIdx.x] = t.Ge;
+  shared[2][threadIdx.x] = t.G;
   __syncthreads();
   for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) {
@@ -285,12 +252,41 @@ __global__ void block_sums_kernel(const scalar_t* __restrict__ g, const scalar_t
     }
     __syncthreads();
   }
+  return {shared[0][0], shared[1][0], shared[2][0]};
+}
+
+// Backward step 1: one thread block per row reduces the row's BlockGradSums (pav.h) over its
+// pooled block into sums[3 r .. 3 r + 2] (E, Ge, G).
+template <typename scalar_t>
+__global__ void block_grad_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                       const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
+                                       const double* __restrict__ gamma, int64_t n, ScalarArgs A,
+                                       double* __restrict__ sums) {
+  const int64_t r = blockIdx.x;
+  int64_t k;
+  TopkParams P;
+  const bool valid = read_args(A, n, &k, &P);
+  const int64_t a = blocks[2 * r], b = blocks[2 * r + 1];
+  BlockGradSums t;
+  if (valid && a >= 0 && a < b) {
+    const Frame F = row_frame(x, perm, r, n, k, P);
+    for (int64_t i = a + threadIdx.x; i < b; i += blockDim.x) {
+      const int64_t j = r * n + perm[r * n + i];
+      const double xv = static_cast<double>(x[j]);
+      const double gt = static_cast<double>(g[j]) * grad_sign(xv, P);
+      t.add(gt, block_member_slope(key_of(xv, P), gamma[r], F), i < k, P);
+    }
+  }
+  const BlockGradSums total = thread_block_tree_sum(t);
   if (threadIdx.x == 0) {
-    for (int c = 0; c < 3; ++c) sums[3 * r + c] = shared[c][0];
+    sums[3 * r] = total.E;
+    sums[3 * r + 1] = total.Ge;
+    sums[3 * r + 2] = total.G;
   }
 }
 
-// Backward step 2: the gradient of every sorted position t = r * n + i.
+// Backward step 2: the gradient of every sorted position t = r * n + i (pav.h's closed-form
+// backward, given the row's block sums).
 template <typename scalar_t>
 __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
                                   const int32_t* __restrict__ perm, const int64_t* __restrict__ blocks,
@@ -299,7 +295,6 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
   int64_t k;
   TopkParams P;
   const bool valid = read_args(A, n, &k, &P);
-  const double beta = (P.magnitude && P.debias) ? 1.0 : 0.0;
   const int64_t total = rows * n;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -311,28 +306,16 @@ __global__ void write_grad_kernel(const scalar_t* __restrict__ g, const scalar_t
       continue;
     }
     const double xv = static_cast<double>(x[j]);
-    const double sg = (P.magnitude && xv < 0) ? -1.0 : 1.0;  // sign(x) with sign(0) = +1
+    const double sg = grad_sign(xv, P);
     const double gv = static_cast<double>(g[j]);
-    double out = 0.0;
+    double out = 0.0;  // pruned singletons, and the mask's kept ones
     if (i < a) {
-      // Kept singletons: the mask is locally constant; the magnitude passes e / (e + 1),
-      // e = psi'(z), raw, and exactly 1 de-biased (y = x there).
-      if (P.magnitude) {
-        double sens = 1.0;
-        if (!P.debias) {
-          const double e = psi_deriv(kept_shrink(::fabs(xv), P), P);
-          sens = e / (e + 1.0);
-        }
-        out = gv * sens;
-      }
+      if (P.magnitude) out = gv * kept_magnitude_sensitivity(::fabs(xv), P);
     } else if (i < b) {
-      const double E = sums[3 * r], Ge = sums[3 * r + 1], G = sums[3 * r + 2];
-      if (E > 0) {  // E > 0 whenever the block holds a kept element; stay finite otherwise
+      const BlockGradSums block_sums{sums[3 * r], sums[3 * r + 1], sums[3 * r + 2]};
+      if (block_sums.E > 0) {  // E > 0 whenever the block holds a kept element; stay finite otherwise
         const Frame F = row_frame(x, perm, r, n, k, P);
-        const double gt = gv * sg;
-        const double e = psi_deriv(std::max(F.diff(P.magnitude ? ::fabs(xv) : xv) - gamma[r], 0.0), F.P);
-        // in the frame, the mask's offsets are in units of lam
-        out = sg * (e * (gt - Ge / E) + beta * (gt - e * G / E)) * (P.magnitude ? 1.0 : 1.0 / F.unit);
+        out = block_member_grad(gv * sg, sg, block_member_slope(key_of(xv, P), gamma[r], F), block_sums, F, P);
       }
     }
     gx[j] = static_cast<scalar_t>(out);
@@ -406,6 +389,61 @@ ScalarArgs scalar_args(const char* op, const at::Tensor& x, const at::Tensor& k,
   return A;
 }
 
+// Forward step 1: the rows' keys (x, or |x| for the magnitude) sorted descending, and the
+// sorted positions' original positions (int32 or int64).
+template <typename scalar_t>
+std::pair<at::Tensor, at::Tensor> sorted_keys(const at::Tensor& xc, int64_t rows, int64_t n, bool magnitude,
+                                              cudaStream_t stream) {
+  using key_t = KeyFloat<scalar_t>;
+  at::Tensor keys = xc.reshape({rows, n}).to(c10::CppTypeToScalarType<key_t>::value);
+  // `+ 0` maps -0.0 to +0.0, as on the CPU (abs already does)
+  keys = magnitude ? keys.abs() : keys + 0;
+  if (n > kBitonicSortRow && rows * n < INT_MAX) return sort_rows_descending<key_t>(keys, rows, n, stream);
+  auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
+  return {sorted, order};
+}
+
+// Forward step 2: each sorted row's pooled block and offset into blocks and gamma.
+template <typename key_t>
+void solve_sorted_rows(const at::Tensor& sorted, int64_t rows, int64_t n, const ScalarArgs& A,
+                       const at::Tensor& blocks, const at::Tensor& gamma, cudaStream_t stream) {
+  if (n >= kLongRow) {
+    solve_long_rows_kernel<key_t><<<rows, kThreads, 0, stream>>>(
+        sorted.const_data_ptr<key_t>(), n, A, blocks.mutable_data_ptr<int64_t>(), gamma.mutable_data_ptr<double>());
+  } else {
+    solve_rows_kernel<key_t><<<(rows + 127) / 128, 128, 0, stream>>>(
+        sorted.const_data_ptr<key_t>(), rows, n, A, blocks.mutable_data_ptr<int64_t>(),
+        gamma.mutable_data_ptr<double>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Forward step 3: y and perm from the solved rows (order: int32 or int64 positions), then for
+// p > 2 the mask's remainder.
+template <typename scalar_t, typename key_t>
+void write_outputs(const at::Tensor& xc, const at::Tensor& sorted, const at::Tensor& order, int64_t rows, int64_t n,
+                   const ScalarArgs& A, const ForwardOutputs& out, cudaStream_t stream) {
+  auto launch = [&](auto* order_ptr) {
+    using index_t = std::remove_const_t<std::remove_pointer_t<decltype(order_ptr)>>;
+    write_outputs_kernel<scalar_t, key_t, index_t><<<thread_blocks_for(rows * n), kThreads, 0, stream>>>(
+        xc.const_data_ptr<scalar_t>(), sorted.const_data_ptr<key_t>(), order_ptr, rows, n, A,
+        out.blocks.const_data_ptr<int64_t>(), out.gamma.const_data_ptr<double>(), out.y.mutable_data_ptr<scalar_t>(),
+        out.perm.mutable_data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (order.scalar_type() == at::kInt) {
+    launch(order.const_data_ptr<int32_t>());
+  } else {
+    launch(order.const_data_ptr<int64_t>());
+  }
+  if (!A.magnitude && A.p > 2.0) {
+    mask_remainder_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(out.perm.const_data_ptr<int32_t>(), n, A,
+                                                                   out.blocks.const_data_ptr<int64_t>(),
+                                                                   out.y.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cuda(
     const at::Tensor& x, const at::Tensor& k, const at::Tensor& lam, double p, bool magnitude,
     bool debias, bool full_sort) {
@@ -422,44 +460,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_topk_forward_cud
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_forward_cuda", [&] {
     using key_t = KeyFloat<scalar_t>;
-    const auto key_type = c10::CppTypeToScalarType<key_t>::value;
-    at::Tensor keys = xc.reshape({rows, n}).to(key_type);
-    // `+ 0` maps -0.0 to +0.0, as on the CPU (abs already does)
-    keys = magnitude ? keys.abs() : keys + 0;
-    at::Tensor sorted, order;
-    if (n > kBitonicSortRow && rows * n < INT_MAX) {
-      std::tie(sorted, order) = sort_rows_descending<key_t>(keys, rows, n, stream);
-    } else {
-      std::tie(sorted, order) = keys.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
-    }
-    if (n >= kLongRow) {
-      solve_long_rows_kernel<key_t><<<rows, kThreads, 0, stream>>>(
-          sorted.const_data_ptr<key_t>(), n, A, blocks.mutable_data_ptr<int64_t>(),
-          gamma.mutable_data_ptr<double>());
-    } else {
-      solve_rows_kernel<key_t><<<(rows + 127) / 128, 128, 0, stream>>>(
-          sorted.const_data_ptr<key_t>(), rows, n, A, blocks.mutable_data_ptr<int64_t>(),
-          gamma.mutable_data_ptr<double>());
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    auto settle = [&](auto* order_ptr) {
-      using index_t = std::remove_const_t<std::remove_pointer_t<decltype(order_ptr)>>;
-      write_outputs_kernel<scalar_t, key_t, index_t><<<blocks_for(rows * n), kThreads, 0, stream>>>(
-          xc.const_data_ptr<scalar_t>(), sorted.const_data_ptr<key_t>(), order_ptr, rows, n, A,
-          blocks.const_data_ptr<int64_t>(), gamma.const_data_ptr<double>(), y.mutable_data_ptr<scalar_t>(),
-          perm.mutable_data_ptr<int32_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (order.scalar_type() == at::kInt) {
-      settle(order.const_data_ptr<int32_t>());
-    } else {
-      settle(order.const_data_ptr<int64_t>());
-    }
-    if (!magnitude && p > 2.0) {
-      mask_remainder_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
-          perm.const_data_ptr<int32_t>(), n, A, blocks.const_data_ptr<int64_t>(), y.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    const auto [sorted, order] = sorted_keys<scalar_t>(xc, rows, n, magnitude, stream);
+    solve_sorted_rows<key_t>(sorted, rows, n, A, blocks, gamma, stream);
+    write_outputs<scalar_t, key_t>(xc, sorted, order, rows, n, A, out, stream);
   });
   return {y, perm, blocks, gamma};
 }
@@ -483,12 +486,12 @@ at::Tensor soft_topk_backward_cuda(const at::Tensor& grad, const at::Tensor& x, 
   at::Tensor sums = at::empty({rows, 3}, xc.options().dtype(at::kDouble));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "soft_topk_backward_cuda", [&] {
-    block_sums_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
+    block_grad_sums_kernel<scalar_t><<<rows, kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), permc.const_data_ptr<int32_t>(),
         blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), n, A,
         sums.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    write_grad_kernel<scalar_t><<<blocks_for(rows * n), kThreads, 0, stream>>>(
+    write_grad_kernel<scalar_t><<<thread_blocks_for(rows * n), kThreads, 0, stream>>>(
         gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), permc.const_data_ptr<int32_t>(),
         blocksc.const_data_ptr<int64_t>(), gammac.const_data_ptr<double>(), sums.const_data_ptr<double>(),
         rows, n, A, gx.mutable_data_ptr<scalar_t>());
