@@ -1,7 +1,19 @@
 # smoothprune developer entry points. Two commands set up a fresh machine and run everything:
-#   make demo   -- build the venv + extension, run the MLP-pruning recipe (7 arms x 3 seeds), report, and
-#                  time the sparsest exported model dense vs sparse
-#   make test   -- build the venv + extension, run the whole test suite
+#   make demo   -- build the venv + extension, run the MLP-pruning recipe (every arm of DEMO_ARMS, one
+#                  per option of conf/pruning, x every seed of DEMO_SEEDS), report, and time the
+#                  sparsest exported model dense vs sparse
+#   make test   -- build the venv + extension, run the whole test suite (both tiers)
+#
+# Test tiers (markers in pyproject.toml):
+#   quick       -- every test not marked `slow`: `make test-quick` (under 2 minutes on 2 cores)
+#   slow        -- real multi-epoch Lightning runs, multi-process distributed tests, recipe runs and
+#                  Hydra command lines, torch.compile, the command line in fresh processes, long
+#                  Dykstra convergence, the arbitrary-precision fuzz
+# `make test` runs in two passes: all but the `serial` tests in PYTEST_WORKERS (2) pytest-xdist
+# workers of one torch thread each, then the `serial` ones (timing assertions, spawned process
+# groups) alone; PYTEST_WORKERS=0 runs the first pass in one process too. `make test-quick` is one
+# process (its tests are too short for workers to pay off). PYTEST_ARGS goes to every pytest run
+# (PYTEST_ARGS=tests/ops: one folder).
 #
 # The torch venv is large (~4.4 GB), so it is built once per set of pins in a cache outside the
 # clone, keyed by a hash of requirements.lock and the Python version, and .venv links to it.
@@ -9,17 +21,19 @@
 PYTHON      ?= python3
 VENV_CACHE  ?= $(HOME)/.cache/smoothprune/venvs
 # $(call pin_hash,LOCKFILE): a hash of the pins and the Python version, the cache key of a venv
-pin_hash     = $(shell cat $(1) | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
+# (comment lines and blank lines are left out: editing a comment does not rebuild a venv)
+pin_hash     = $(shell grep -v '^\s*\(#\|$$\)' $(1) | $(PYTHON) -c "import sys,hashlib,platform; print(hashlib.sha256((sys.stdin.read()+platform.python_version()).encode()).hexdigest()[:16])")
 VENV_DIR    := $(VENV_CACHE)/torch-$(call pin_hash,requirements.lock)
 VENV        := .venv
 XLA_DIR     := $(VENV_CACHE)/xla-$(call pin_hash,requirements-xla.lock)
 VENV_XLA    := .venv-xla
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 
 SHELL       := /bin/bash
 
-.PHONY: all venv build demo test bench venv-xla build-xla test-xla bench-xla clean distclean
+.PHONY: all venv build demo test test-quick bench venv-xla build-xla test-xla bench-xla clean distclean
 
 all: build
 
@@ -61,8 +75,13 @@ demo: build
 	$(PY) -W ignore::FutureWarning recipes/infer.py "$$dir" && \
 	echo "sparse checkpoints: $$dir/*/model.safetensors (inspect: .venv/bin/smoothprune inspect FILE)"
 
+# (a pass that selects nothing, exit status 5, is not a failure: PYTEST_ARGS may pick one folder)
 test: build
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not serial" $(PYTEST_ARGS) || [ $$? = 5 ]
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? = 5 ]
+
+test-quick: build
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: build
 	$(PY) benchmarks/bench_ops.py

@@ -2,7 +2,7 @@
 
     smoothprune export CKPT -o FILE   # Lightning checkpoint -> compact sparse safetensors file
     smoothprune inspect FILE          # per-tensor table of a sparse file
-    smoothprune bench [ops|step|all]  # side-by-side benchmarks (see smoothprune.bench)
+    smoothprune bench [ops|step|infer|all]  # side-by-side benchmark tables (see smoothprune.bench)
 """
 
 from __future__ import annotations

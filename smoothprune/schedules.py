@@ -4,11 +4,15 @@ A schedule maps a step count to a value. Like an LR scheduler it is also statefu
 advances it, `value` is the current value, and `state_dict` / `load_state_dict` save and
 restore its position (the Lightning callback checkpoints them for exact resume).
 
-    from smoothprune import schedules
-    sparsity = schedules.Cubic(init=0.0, final=0.9, begin=0, end=1000, frequency=10)
-    lam = schedules.Exponential(start=1e-2, end=1e-5, begin=0, end=1000)
-    schedules.build({"name": "cubic", "final": 0.9, "end": 1000})  # from YAML
-    schedules.build(0.9)                                             # a float is Constant
+    >>> from smoothprune import schedules
+    >>> sparsity = schedules.Cubic(init=0.0, final=0.9, begin=0, end=1000, frequency=10)
+    >>> lam = schedules.Exponential(start=1e-2, final=1e-5, begin=0, end=1000)
+    >>> sparsity(500), sparsity(1000), round(lam(500), 8), lam(1000)
+    (0.7875, 0.9, 0.00031623, 1e-05)
+    >>> schedules.build({"name": "cubic", "final": 0.9, "end": 1000})(500)  # from YAML
+    0.7875
+    >>> schedules.build(0.9)(123)  # a float is Constant
+    0.9
 
 Before ``begin`` a schedule holds its start value, after ``end`` its final value.
 """
@@ -16,19 +20,8 @@ Before ``begin`` a schedule holds its start value, after ``end`` its final value
 from __future__ import annotations
 
 import math
-import numbers
 
-
-def _number(cls: str, name: str, value, *, positive=False, integer=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if integer:
-        ok = ok and float(value).is_integer() and value >= 0
-    if positive:
-        ok = ok and value > 0
-    if not ok:
-        kind = "a non-negative int" if integer else ("a finite float > 0" if positive else "a finite float")
-        raise ValueError(f"{cls}: expected {name} to be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
+from smoothprune.validation import check_int, check_positive, check_real, is_int, is_real
 
 
 class Schedule:
@@ -57,10 +50,10 @@ class Schedule:
 
     def load_state_dict(self, state: dict) -> None:
         step = state.get("last_step") if isinstance(state, dict) else None
-        if isinstance(step, bool) or not isinstance(step, int):
+        if not is_int(step):
             raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict with an int 'last_step' "
                              f"(what state_dict() returns), got {state!r}")
-        self.last_step = step
+        self.last_step = int(step)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "last_step")
@@ -72,7 +65,7 @@ class Constant(Schedule):
 
     def __init__(self, value: float):
         super().__init__()
-        self.value_ = _number("Constant", "value", value)
+        self.value_ = check_real("Constant", "value", value)
 
     def at(self, step: int) -> float:
         return self.value_
@@ -83,15 +76,14 @@ class _Ramp(Schedule):
 
     def __init__(self, name, start, final, begin, end, frequency=1, positive=False):
         super().__init__()
-        self.start = _number(name, "start", start, positive=positive)
-        self.final = _number(name, "final", final, positive=positive)
-        self.begin = _number(name, "begin", begin, integer=True)
-        self.end = _number(name, "end", end, integer=True)
-        self.frequency = _number(name, "frequency", frequency, integer=True)
+        value = check_positive if positive else check_real
+        self.start = value(name, "start", start)
+        self.final = value(name, "final", final)
+        self.begin = check_int(name, "begin", begin, low=0, integral_float=True)
+        self.end = check_int(name, "end", end, low=0, integral_float=True)
+        self.frequency = check_int(name, "frequency", frequency, low=1, integral_float=True)
         if self.end < self.begin:
             raise ValueError(f"{name}: expected end >= begin, got begin={self.begin}, end={self.end}")
-        if self.frequency < 1:
-            raise ValueError(f"{name}: expected frequency >= 1, got frequency={self.frequency}")
 
     def fraction(self, step: int) -> float:
         """Progress in [0, 1], advanced only every `frequency` steps after `begin`."""
@@ -162,7 +154,7 @@ def build(spec) -> Schedule:
     """
     if isinstance(spec, Schedule):
         return spec
-    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+    if is_real(spec):
         return Constant(spec)
     if hasattr(spec, "keys"):
         kwargs = {str(k): v for k, v in dict(spec).items()}

@@ -1,5 +1,5 @@
 """Independent float64 oracles for the sparse smooth top-k operators, written from the math of
-DESIGN.md section 2 with numpy/scipy and sharing no code with smoothprune.
+docs/design.md §2 with numpy/scipy and sharing no code with smoothprune.
 
 * `pav_oracle`: textbook stack-based PAV for an arbitrary weight vector w (it does not use the
   fact that w = 1_k), each block value found by scipy's brentq on the block equation.

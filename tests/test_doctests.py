@@ -12,9 +12,10 @@ import smoothprune.ops.hard_topk
 import smoothprune.ops.loss
 import smoothprune.ops.soft_topk
 import smoothprune.pruning
+import smoothprune.schedules
 
 MODULES = [smoothprune.export, smoothprune.inference, smoothprune.nn.loss, smoothprune.nn.router, smoothprune.ops.hard_topk, smoothprune.ops.loss,
-           smoothprune.ops.soft_topk, smoothprune.pruning]
+           smoothprune.ops.soft_topk, smoothprune.pruning, smoothprune.schedules]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -161,6 +161,7 @@ class _Evil:
         return open, (self.path, "w")
 
 
+@pytest.mark.slow  # the command line in fresh processes
 def test_cli_export_and_inspect(tmp_path):
     model = _mlp()
     sp.prune_(model, 0.9)
@@ -287,13 +288,20 @@ CRAFTED = [
 
 
 @pytest.mark.parametrize("edit,message", CRAFTED, ids=[m for _, m in CRAFTED])
-def test_crafted_metadata_is_refused_by_load_and_by_the_cli(tmp_path, edit, message):
+def test_crafted_metadata_is_refused_by_load(tmp_path, edit, message):
     path = _saved(tmp_path)
     _rewrite_metadata(path, edit)
     with pytest.raises(ValueError, match="is not a valid smoothprune sparse file"):
         sp.load_sparse(path)
     with pytest.raises(ValueError, match=message):
         sp.load_sparse(path)
+
+
+@pytest.mark.slow  # the command line in a fresh process per case
+@pytest.mark.parametrize("edit,message", CRAFTED, ids=[m for _, m in CRAFTED])
+def test_crafted_metadata_is_refused_by_the_cli(tmp_path, edit, message):
+    path = _saved(tmp_path)
+    _rewrite_metadata(path, edit)
     result = _cli("inspect", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr and message.split(" (")[0] in result.stderr
 
@@ -319,6 +327,7 @@ def test_duplicate_indices_are_refused(tmp_path):
         sp.load_sparse(path)
 
 
+@pytest.mark.slow  # the command line in fresh processes
 def test_cli_export_bad_input_gives_a_message_and_exit_code_2(tmp_path):
     (tmp_path / "empty.ckpt").write_bytes(b"")
     torch.save({"state_dict": {}}, tmp_path / "notensors.ckpt")

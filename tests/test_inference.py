@@ -16,6 +16,9 @@ import smoothprune as sp
 from smoothprune.export import load_sparse, read_tensors, save_sparse
 from smoothprune.inference import SparseLinear, csr_pays_off, weight_bytes
 
+# several tests assert which layout is faster, by timing: they run alone (`make test`'s serial pass)
+pytestmark = pytest.mark.serial
+
 
 def _sparse_linear(n_in, n_out, sparsity, seed=0, bias=True, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
@@ -181,6 +184,7 @@ def test_sparsify_by_timing_keeps_dense_where_dense_is_faster():
     assert isinstance(model[0], SparseLinear) and type(model[2]) is torch.nn.Linear
 
 
+@pytest.mark.slow  # times a ViT's layers
 def test_sparsify_a_timm_vit_by_timing_keeps_its_outputs():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -243,7 +247,7 @@ def test_sparsify_refuses_models_that_are_not_ready():
         sp.sparsify_(model, example_inputs="x")
     with pytest.raises(ValueError, match="at least one example input"):
         sp.sparsify_(model, example_inputs=[])
-    with pytest.raises(ValueError, match="margin to be a number >= 1, got 0.5"):
+    with pytest.raises(ValueError, match="margin to be a float >= 1, got margin=0.5"):
         sp.sparsify_(model, margin=0.5)
     with pytest.raises(ValueError, match="expected an nn.Module, got dict"):
         sp.sparsify_({})
@@ -358,6 +362,7 @@ def test_load_sparsified_refuses_a_file_of_another_model(tmp_path):
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                     reason="needs Linux's /proc/self/clear_refs to reset the peak resident set")
+@pytest.mark.slow  # fresh processes, peak memory of a large model
 def test_load_sparsified_never_holds_the_dense_weights(tmp_path):
     """Peak resident memory (Linux's VmHWM, reset before the load), in a fresh process: loading a
     95%-sparse 3×4096² model (201 MB dense) into a meta-device model grows the peak by far less
@@ -401,6 +406,7 @@ def test_load_sparsified_never_holds_the_dense_weights(tmp_path):
     assert grown["sparse"] < 0.5 * dense_bytes, grown
 
 
+@pytest.mark.slow  # the command line in a fresh process
 def test_inspect_shows_what_load_sparsified_makes_of_each_tensor(tmp_path):
     w = torch.zeros(1024, 1024)
     w[:, ::20] = 1.0  # 95% sparse, 2^20 entries: CSR by the rule

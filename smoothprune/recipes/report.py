@@ -2,6 +2,9 @@
 and a matplotlib plot of the test metrics over training time.
 
     python recipes/report.py multirun/mlp_prune/2026-11-25_16-00-00   # writes report.md, report.png there
+
+The table's columns and the plot's panels are the experiment's, from its config's ``report``
+node (conf/experiment/<name>.yaml); nothing here knows an experiment by name.
 """
 
 from __future__ import annotations
@@ -14,35 +17,68 @@ import os
 import statistics
 import sys
 
-# (summary key, column header, scale, digits) per experiment; other experiments show every key
-COLUMNS = {
-    "mlp_prune": [
-        ("test_error", "test error after hardening (%)", 100, 2),
-        ("test_error_before_hardening", "test error before hardening (%)", 100, 2),
-        ("sparsity", "sparsity of pruned weights", 1, 4),
-        ("export_bytes", "exported file (bytes)", 1, 0),
-        ("train_seconds", "training time (s)", 1, 1),
-        ("sec_per_step", "ms / step", 1e3, 2),
-    ],
-    "vit_finetune": [(f"test_acc_top{k}", f"top-{k} acc (%)", 100, 2) for k in range(1, 6)]
-    + [("sec_per_step", "s / step", 1, 3)],
-    "moe_routing_paper": [
-        ("test_acc_top1", "precision@1 (%)", 100, 2),
-        ("token_coverage", "token coverage", 1, 3),
-        ("nnz_per_capacity", "nnz per expert / C", 1, 3),
-        ("router_ms_per_step", "router ms / step", 1, 2),
-        ("tokens_per_second", "tokens / s", 1, 0),
-        ("sec_per_step", "s / step", 1, 3),
-    ],
-}
-# (history key, axis label, transform) of the plot panels per experiment
-CURVES = {
-    "vit_finetune": [("test/acc_top1", "test top-1 error (%)", "error"),
-                     ("test/acc_top3", "test top-3 error (%)", "error")],
-    "moe_routing_paper": [("test/acc_top1", "test error (%)", "error"),
-                          ("test/token_coverage", "token coverage", "value")],
-}
+# What a sweep's report shows comes from its experiment's config (conf/experiment/<name>.yaml,
+# the `report` node): `columns`, [summary key, column header, scale, digits] per table column, and
+# `curves`, [history key, axis label, "error" | "value"] per plot panel. Without one: every summary
+# key as it is, and the top-1 test error curve.
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf")
 DEFAULT_CURVES = [("test/acc_top1", "test error (%)", "error")]
+
+
+def _experiment_report(name: str):
+    """The `report` node of conf/experiment/<name>.yaml (None without the file or the node): for
+    sweeps written before the runs' config carried it."""
+    path = os.path.join(CONF_DIR, "experiment", f"{name}.yaml")
+    if not os.path.isfile(path):
+        return None
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(path).get("report")
+    return None if node is None else OmegaConf.to_container(node)
+
+
+def _entries(spec, key: str, kinds: tuple) -> list[tuple] | None:
+    """``spec[key]`` as a list of tuples of the given kinds (ValueError naming the entry)."""
+    entries = spec.get(key)
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise ValueError(f"report.{key}: expected a list, got {entries!r}")
+    out = []
+    for i, entry in enumerate(entries):
+        ok = isinstance(entry, (list, tuple)) and len(entry) == len(kinds) and all(
+            isinstance(v, kind) and not isinstance(v, bool) for v, kind in zip(entry, kinds))
+        if not ok:
+            names = ", ".join(kind.__name__ if isinstance(kind, type) else "number" for kind in kinds)
+            raise ValueError(f"report.{key}[{i}]: expected [{names}], got {entry!r}")
+        out.append(tuple(entry))
+    return out
+
+
+def report_spec(results: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """(columns, curves) of a sweep's report, from its experiment's config: the `report` node of
+    the runs' own config (result.json), else of conf/experiment/<name>.yaml; without one, every
+    summary key of the first run (scale 1, 4 digits) and the top-1 test error curve.
+
+    Raises:
+        ValueError: on a `report` node of the wrong shape, naming the entry.
+    """
+    spec = (results[0].get("config") or {}).get("report")
+    if spec is None:
+        spec = _experiment_report(results[0]["name"])
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"report: expected {{columns, curves}}, got {spec!r}")
+    number = (int, float)
+    columns = _entries(spec, "columns", (str, str, number, int))
+    curves = _entries(spec, "curves", (str, str, str))
+    for i, (_, _, transform) in enumerate(curves or []):
+        if transform not in ("error", "value"):
+            raise ValueError(f"report.curves[{i}]: expected 'error' or 'value' last, got {transform!r}")
+    if columns is None:
+        columns = [(k, k, 1, 4) for k in results[0]["summary"]]
+    return columns, curves if curves is not None else DEFAULT_CURVES
 
 
 def _job_order(path: str):
@@ -93,8 +129,7 @@ def _cell(values: list[float], scale: float, digits: int) -> str:
 
 def table(results: list[dict]) -> str:
     """The markdown table: one row per arm, mean ± std (sample std) over its runs."""
-    name = results[0]["name"]
-    columns = COLUMNS.get(name) or [(k, k, 1, 4) for k in results[0]["summary"]]
+    columns, _ = report_spec(results)
     header = ["arm", "runs"] + [c[1] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, runs in group_by_arm(results).items():
@@ -113,7 +148,7 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     name = results[0]["name"]
-    curves = CURVES.get(name, DEFAULT_CURVES)
+    _, curves = report_spec(results)
     fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
     for ax, (key, label, transform) in zip(axes[0], curves):
         for arm, runs in group_by_arm(results).items():

@@ -6,6 +6,8 @@ import pytest
 from tests.distributed import fsdp_cases
 from tests.distributed.launch import run_ranks
 
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # 2 spawned processes (a gloo group) per test
+
 
 @pytest.mark.parametrize("scope, sparsity, method", [("layer", 0.8, "smooth"), ("row", 0.75, "smooth"),
                                                      ("2:4", None, "smooth"), ("global", 0.8, "smooth"),

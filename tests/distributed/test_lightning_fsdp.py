@@ -18,6 +18,8 @@ import torch
 
 import smoothprune as sp
 
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # Lightning runs in 2 spawned processes per test
+
 WORKER = os.path.join(os.path.dirname(__file__), "lightning_worker.py")
 
 

@@ -2,8 +2,12 @@
 single-device operator on the whole rows (see `sharded_cases.soft_topk_equals_whole_rows` for
 the tolerance: the operator's own change under the reordering each rank solves)."""
 
+import pytest
+
 from tests.distributed import sharded_cases
 from tests.distributed.launch import run_ranks
+
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # 2 spawned processes (a gloo group) per test
 
 
 def test_soft_topk_equals_the_whole_row_operator():

@@ -10,7 +10,8 @@ import torch
 import smoothprune as sp
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # Lightning DDP in 2 spawned processes
+@pytest.mark.serial
 def test_masks_and_weights_are_identical_on_every_rank(tmp_path):
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")

@@ -29,53 +29,11 @@ from smoothprune import schedules
 from smoothprune.lightning import SmoothPruning
 from smoothprune.nn.pruned import latent
 from smoothprune.pruning import pruned_tensors
+from tests.lightning.template_model import Classifier, Net
 from tests.lightning.user_model import loader, make_data
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-class Net(torch.nn.Module):
-    def __init__(self, width=32):
-        super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.Linear(24, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-                                          torch.nn.ReLU(), torch.nn.Linear(width, 4))
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-class Classifier(L.LightningModule):
-    """The popular template: the network is a constructor argument saved with the hyperparameters."""
-
-    def __init__(self, net: torch.nn.Module, lr: float = 0.05, extras=None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x)
-
-    def _loss(self, batch):
-        x, y = batch
-        logits = self(x)
-        return torch.nn.functional.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
-
-    def training_step(self, batch, batch_idx):
-        loss, _ = self._loss(batch)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        loss, acc = self._loss(batch)
-        self.log("val_loss", loss)
-        self.log("val_acc", acc)
-
-    def test_step(self, batch, batch_idx):
-        loss, acc = self._loss(batch)
-        self.log("test_acc", acc)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 
 
 def _trainer(tmp_path, callbacks, **kw):
@@ -113,6 +71,7 @@ VAL = loader(n=256, seed=3)
 # ------------------------------------------------------------------------------------------------
 # checkpoints are plain; the module stays the user's
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # real Lightning training runs
 def test_checkpoints_of_a_ramping_run_are_plain_exactly_sparse_and_load_the_standard_ways(tmp_path):
     torch.manual_seed(0)
     model = Classifier(Net())
@@ -141,7 +100,7 @@ def test_checkpoints_of_a_ramping_run_are_plain_exactly_sparse_and_load_the_stan
     # hold the (pickled) network, the state_dict the exactly sparse weights (a module in the
     # hyperparameters needs weights_only=False with torch >= 2.6, pruned or not)
     script = (
-        "import sys, torch; sys.path.insert(0, %r); from tests.lightning.test_integration import Classifier\n"
+        "import sys, torch; sys.path.insert(0, %r); from tests.lightning.template_model import Classifier\n"
         "m = Classifier.load_from_checkpoint(%r, weights_only=False); m.eval()\n"
         "ws = [w for n, w in m.state_dict().items() if n.endswith('weight')]\n"
         "print(sum(int((w != 0).sum()) for w in ws), sum(w.numel() for w in ws))\n"
@@ -211,6 +170,7 @@ class WorseningValidation(L.Callback):
         trainer.callback_metrics["val_acc"] = torch.tensor(1.0 - self.pruning.current_sparsity)
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_monitored_checkpoint_keeps_only_checkpoints_at_the_target(tmp_path):
     torch.manual_seed(0)
     model = Classifier(Net())
@@ -231,6 +191,7 @@ def test_monitored_checkpoint_keeps_only_checkpoints_at_the_target(tmp_path):
     assert torch.load(best.best_model_path, weights_only=False)["smoothprune"]["sparsity"] < 0.9
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_early_stopping_waits_for_the_target_and_counts_patience_from_there(tmp_path):
     torch.manual_seed(0)
     model = Classifier(Net())
@@ -295,6 +256,7 @@ def test_an_interrupted_run_ends_hardened_at_the_target_and_exported(tmp_path):
     assert all(torch.equal(v, state[k]) for k, v in sp.load_sparse(tmp_path / "m.st").items())
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_a_float_sparsity_ramps_over_half_of_training_by_default(tmp_path):
     seen = {}
 
@@ -319,6 +281,7 @@ def test_a_float_sparsity_ramps_over_half_of_training_by_default(tmp_path):
     assert seen[0] == pytest.approx(0.9)
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_fit_again_keeps_pruning_at_the_target(tmp_path):
     torch.manual_seed(0)
     model = Classifier(Net())
@@ -395,6 +358,7 @@ def _tokens():
     return (start + torch.arange(9)) % 40  # next token = this one + 1
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_tied_weights_are_pruned_once_and_stay_tied(tmp_path):
     torch.manual_seed(0)
     model = TiedLM()
@@ -424,6 +388,7 @@ def test_tied_weights_are_pruned_once_and_stay_tied(tmp_path):
         sp.prune_(TiedLM(), 0.5, targets=["head.weight"], exclude=["embed.weight"])
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_weight_norm_layers_are_pruned_on_their_effective_weight(tmp_path):
     from torch.nn.utils.parametrizations import weight_norm
 
@@ -474,6 +439,7 @@ AVERAGING = {
 }
 
 
+@pytest.mark.slow  # real Lightning training runs
 @pytest.mark.parametrize("order", ["pruning_first", "averaging_first"])
 @pytest.mark.parametrize("kind", list(AVERAGING))
 def test_weight_averaging_in_either_order_ends_with_the_averaged_model_pruned(tmp_path, kind, order):
@@ -509,6 +475,7 @@ class Settings:
     width: int = 32
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_export_reads_checkpoints_whose_hyperparameters_hold_code_without_running_it(tmp_path):
     from omegaconf import OmegaConf
 
@@ -526,12 +493,13 @@ def test_export_reads_checkpoints_whose_hyperparameters_hold_code_without_runnin
     sparsity = 1 - _kept(state) / _numel(state)  # (each layer keeps round(0.2 * numel))
     assert f"pruned tensors (3): sparsity {sparsity:.4f}, target 0.8000\n" in run.stdout
     for name in ("functools.partial", "torch.optim.sgd.SGD", "omegaconf.dictconfig.DictConfig",
-                 "tests.lightning.test_integration.Net", "tests.lightning.test_integration.Settings"):
+                 "tests.lightning.template_model.Net", "tests.lightning.test_integration.Settings"):
         assert name in run.stdout
     exported = sp.load_sparse(out)
     assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow  # real Lightning training runs
 def test_checkpoints_of_smoothprune_0_1_still_resume_and_export(tmp_path):
     """A checkpoint in the old layout (parametrized keys, version-1 callback state) resumes to
     the same weights as an uninterrupted run, and exports."""

@@ -58,7 +58,7 @@ def test_smooth_weight_scales_each_tile_by_its_kept_factor():
 
 @pytest.mark.parametrize("scope, match", [
     ("block:5x4", r"multiples of the block for scope 'block:5x4', got '0.weight' of shape \(32, 48\)"),
-    ("block:0x4", "a 'block:RxC' string with R, C > 0, got 'block:0x4'"),
+    ("block:0x4", "a 'block:RxC' string with R, C > 0, got scope='block:0x4'"),
     ("block:4", "a 'block:RxC' string"),
 ])
 def test_bad_block_scopes_are_refused(scope, match):

@@ -139,6 +139,7 @@ def test_gradcheck_through_the_smooth_router():
     assert torch.autograd.gradcheck(lambda t: moe(t), (x,), eps=1e-7, atol=1e-6)
 
 
+@pytest.mark.slow  # trains a model
 def test_router_inside_a_model_trains_and_stays_finite():
     torch.manual_seed(0)
     moe = SparseMoE(8, 16, 4, topk="dykstra", lam=1e-2)
@@ -157,7 +158,7 @@ def test_router_inside_a_model_trains_and_stays_finite():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(topk="soft"), r"expected topk in \('hard', 'dykstra', 'pav'\), got topk='soft'"),
     (dict(topk="dykstra", p=1.5), r"topk='dykstra' supports p=2 and p=4/3 only, got p=1.5"),
-    (dict(capacity_factor=0), r"expected capacity_factor to be a finite float > 0, got 0"),
+    (dict(capacity_factor=0), r"expected capacity_factor to be a finite float > 0, got capacity_factor=0"),
     (dict(lam=-1.0), r"expected lam to be a finite float > 0"),
     (dict(num_iter=0), r"expected num_iter to be an int >= 1, got num_iter=0"),
     (dict(p=1.0), r"expected p to be a finite float > 1, got p=1.0"),

@@ -7,15 +7,8 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import smoothprune as sp
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    # reset() keeps the profile-guided "automatic dynamic" state that Dynamo keys by source
-    # location, which would leak from one parametrization into the next: clear it as well.
-    torch._dynamo.reset()
-    torch._dynamo.pgo.reset_code_state()
-    yield
-    torch._dynamo.reset()
-    torch._dynamo.pgo.reset_code_state()
+# every test compiles (Dynamo + Inductor: seconds to a minute each): the slow tier
+pytestmark = [pytest.mark.usefixtures("fresh_dynamo"), pytest.mark.slow]
 
 
 CASES = {
@@ -89,13 +82,13 @@ def test_compiled_dykstra_equals_pav_where_converged(p):
         assert (g - g_pav).abs().max() < 1e-9 * g_pav.abs().max()
 
 
-def test_compiled_dykstra_is_one_loop_whatever_the_iteration_count():
+def test_compiled_dykstra_is_one_loop_whatever_the_iteration_count(fresh_dynamo):
     """Dynamo captures the iterations as one while_loop: the graph is the same for 10 and 300."""
     from torch._dynamo.testing import EagerAndRecordGraphs
 
     sizes = {}
     for num_iter in (10, 300):
-        torch._dynamo.reset()
+        fresh_dynamo()
         backend = EagerAndRecordGraphs()
         f = torch.compile(lambda x: sp.soft_topk_mag(x, 5, lam=0.1, p=2, algorithm="dykstra", num_iter=num_iter),
                           fullgraph=True, backend=backend)

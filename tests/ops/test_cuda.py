@@ -6,8 +6,8 @@ skipped on machines without a GPU (CI); they run on a lent GPU through the `devi
 build-side check (the kernels compile) is in CI itself.
 """
 
+import functools
 import itertools
-
 import math
 
 import numpy as np
@@ -17,9 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import smoothprune as sp
-from smoothprune import bench
-from tests.helpers import MODES
-from tests.ops.test_fuzz import FUZZ, _check_against_oracle, problems
+from tests.fuzzing import FUZZ, check_against_oracle, problems
+from tests.helpers import MODES, capture_cuda_graph
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -29,52 +28,72 @@ def test_extension_was_built_with_cuda():
     assert "cuda" in sp._native.build_info()
 
 
+EQUAL_CPU_CASES = [  # (rows, n, k, lam, scale): short rows, pruning-scale long rows, whole-row blocks
+    (512, 100, 3, 1e-3, 0.05),
+    (32, 400, 28, 1e-2, 0.05),
+    (3, 3000, 300, 1e-3, 1.0),
+    (1, 25_088, 2_509, 1e-3, 0.05),
+    (4, 64, 10, 100.0, 1.0),
+    (2, 5_000, 500, 100.0, 1.0),  # long rows (one CUDA block each), whole-row block
+    (1, 300_000, 30_000, 0.1, 0.05),  # a block of ~100k entries
+]
+
+
+@functools.cache
+def _equal_cpu_inputs():
+    """(x, cotangent) in float64 per case, drawn in the cases' order from one generator."""
+    rng = np.random.default_rng(11)
+    return [(rng.normal(size=(rows, n)) * scale, rng.normal(size=(rows, n)))
+            for rows, n, _, _, scale in EQUAL_CPU_CASES]
+
+
+@pytest.mark.parametrize("case", range(len(EQUAL_CPU_CASES)),
+                         ids=[f"{rows}x{n}-k{k}-lam{lam:g}" for rows, n, k, lam, _ in EQUAL_CPU_CASES])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("p", [2.0, 4 / 3, 3.0])
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
-def test_outputs_and_gradients_equal_cpu(mode, p, dtype):
+def test_outputs_and_gradients_equal_cpu(mode, p, dtype, case):
     _, op, _ = mode
-    rng = np.random.default_rng(11)
-    cases = [  # (rows, n, k, lam, scale): short rows, pruning-scale long rows, whole-row blocks
-        (512, 100, 3, 1e-3, 0.05),
-        (32, 400, 28, 1e-2, 0.05),
-        (3, 3000, 300, 1e-3, 1.0),
-        (1, 25_088, 2_509, 1e-3, 0.05),
-        (4, 64, 10, 100.0, 1.0),
-        (2, 5_000, 500, 100.0, 1.0),  # long rows (one CUDA block each), whole-row block
-        (1, 300_000, 30_000, 0.1, 0.05),  # a block of ~100k entries
-    ]
-    for rows, n, k, lam, scale in cases:
-        x = torch.from_numpy(rng.normal(size=(rows, n)) * scale).to(dtype)
-        g = torch.from_numpy(rng.normal(size=(rows, n))).to(dtype)
-        outs = {}
-        for device in ("cpu", "cuda"):
-            xd = x.to(device).requires_grad_()
-            y = op(xd, k, lam=lam, p=p)
-            (gx,) = torch.autograd.grad(y, xd, g.to(device))
-            outs[device] = (y.detach().cpu().double(), gx.cpu().double())
-        tol_y = 1e-12 if dtype == torch.float64 else 2e-6
-        assert torch.allclose(outs["cuda"][0], outs["cpu"][0], rtol=tol_y, atol=tol_y), (rows, n, k, lam)
-        # The gradient carries a 1/lam factor on the pooled block: compare relative to its scale.
-        # float64: the oracle tolerance (1e-9); the two devices sum blocks of up to ~1e5 terms in
-        # different orders, and for p > 2 the slopes |s_i - gamma|^(q-2) amplify that rounding.
-        scale_g = outs["cpu"][1].abs().max().clamp_min(1.0)
-        err = (outs["cuda"][1] - outs["cpu"][1]).abs().max() / scale_g
-        assert err < (1e-9 if dtype == torch.float64 else 1e-4), (rows, n, k, lam, float(err))
+    rows, n, k, lam, _ = EQUAL_CPU_CASES[case]
+    x_np, g_np = _equal_cpu_inputs()[case]
+    x = torch.from_numpy(x_np).to(dtype)
+    g = torch.from_numpy(g_np).to(dtype)
+    outs = {}
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).requires_grad_()
+        y = op(xd, k, lam=lam, p=p)
+        (gx,) = torch.autograd.grad(y, xd, g.to(device))
+        outs[device] = (y.detach().cpu().double(), gx.cpu().double())
+    tol_y = 1e-12 if dtype == torch.float64 else 2e-6
+    assert torch.allclose(outs["cuda"][0], outs["cpu"][0], rtol=tol_y, atol=tol_y)
+    # The gradient carries a 1/lam factor on the pooled block: compare relative to its scale.
+    # float64: the oracle tolerance (1e-9); the two devices sum blocks of up to ~1e5 terms in
+    # different orders, and for p > 2 the slopes |s_i - gamma|^(q-2) amplify that rounding.
+    scale_g = outs["cpu"][1].abs().max().clamp_min(1.0)
+    err = (outs["cuda"][1] - outs["cpu"][1]).abs().max() / scale_g
+    assert err < (1e-9 if dtype == torch.float64 else 1e-4), float(err)
 
 
-def test_edge_cases_match_cpu():
+@functools.cache
+def _edge_inputs():
     rng = np.random.default_rng(5)
     ties = np.round(rng.normal(size=(4, 50)) * 3) / 3
     zeros = np.concatenate([np.zeros((4, 25)), rng.normal(size=(4, 25))], axis=1)
-    for x_np, k in itertools.product([ties, zeros, rng.normal(size=(4, 1))], [0, 1, "n"]):
-        kk = x_np.shape[-1] if k == "n" else min(k, x_np.shape[-1])
-        for _, op, _ in MODES:
-            for p in (2.0, 4 / 3):
-                x = torch.from_numpy(x_np)
-                want = op(x, kk, lam=0.3, p=p)
-                got = op(x.to(CUDA), kk, lam=0.3, p=p).cpu()
-                assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    return {"ties": ties, "zeros": zeros, "one_column": rng.normal(size=(4, 1))}
+
+
+@pytest.mark.parametrize("p", [2.0, 4 / 3], ids=["p2", "p4/3"])
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m[0])
+@pytest.mark.parametrize("k", [0, 1, "n"])
+@pytest.mark.parametrize("inputs", ["ties", "zeros", "one_column"])
+def test_edge_cases_match_cpu(inputs, k, mode, p):
+    _, op, _ = mode
+    x_np = _edge_inputs()[inputs]
+    kk = x_np.shape[-1] if k == "n" else min(k, x_np.shape[-1])
+    x = torch.from_numpy(x_np)
+    want = op(x, kk, lam=0.3, p=p)
+    got = op(x.to(CUDA), kk, lam=0.3, p=p).cpu()
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def _check_extreme_row(x, k, lam, p, magnitude, y):
@@ -82,7 +101,7 @@ def _check_extreme_row(x, k, lam, p, magnitude, y):
     if not magnitude:
         assert ((y >= 0) & (y <= 1)).all()
         assert math.isclose(y.sum(), k, abs_tol=1e-9 * max(k, 1)), (k, lam, p, y.sum())
-    _check_against_oracle(y, x, k, lam, p, magnitude=magnitude)
+    check_against_oracle(y, x, k, lam, p, magnitude=magnitude)
 
 
 @FUZZ
@@ -169,8 +188,8 @@ def test_opcheck_cuda():
         )
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compile_fullgraph_on_cuda():
-    torch._dynamo.reset()
     fn = lambda t: sp.soft_topk_mag(t, 5, lam=0.2, p=4 / 3)  # noqa: E731
     x = torch.randn(6, 40, device=CUDA, requires_grad=True)
     y_eager = fn(x)
@@ -178,7 +197,6 @@ def test_compile_fullgraph_on_cuda():
     y = torch.compile(fn, fullgraph=True)(x)
     (g,) = torch.autograd.grad(y.square().sum(), x)
     assert torch.allclose(y, y_eager, atol=1e-6) and torch.allclose(g, g_eager, atol=1e-5)
-    torch._dynamo.reset()
 
 
 def test_pruning_on_cuda_hardens_to_the_magnitude_top_k():
@@ -258,7 +276,7 @@ def test_cuda_graph_replays_follow_set_sparsity_and_set_lam():
         loss.backward()
         return loss
 
-    graph, static_loss = bench.capture_cuda_graph(forward_backward, params)
+    graph, static_loss = capture_cuda_graph(forward_backward, params)
     static_grads = [param.grad for param in params]  # allocated in the graph's pool, rewritten by replays
 
     losses = []
@@ -275,9 +293,8 @@ def test_cuda_graph_replays_follow_set_sparsity_and_set_lam():
     assert len(set(losses)) == 3  # each (sparsity, lam) changed the replayed result
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_with_cuda_graphs_follows_set_sparsity_without_recompiling():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
     model = _pruned_mlp(p=2.0)
     x = torch.randn(16, 64, device=CUDA)
     compiled = torch.compile(model, mode="reduce-overhead")
@@ -295,4 +312,3 @@ def test_compiled_with_cuda_graphs_follows_set_sparsity_without_recompiling():
             for got, expected in zip(grads, want_grads):
                 assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
-    torch._dynamo.reset()

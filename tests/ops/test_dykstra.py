@@ -7,6 +7,7 @@ import torch
 
 import smoothprune as sp
 from smoothprune.ops.dykstra import cubic_root, dual_ascent, free_z
+from tests.helpers import ACCURACY_BOUNDS, ACCURACY_IDS, pruning_weights
 
 
 def _pool_pairs(v, u, offset):
@@ -42,12 +43,7 @@ OPS = [
 ]
 
 
-def _weights(shape, seed=0, dtype=torch.float64):
-    """Weights at pruning scale, ~ N(0, 0.05^2), drawn in float64 (the same values for every dtype)."""
-    g = torch.Generator().manual_seed(seed)
-    return (0.05 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
-
-
+@pytest.mark.slow  # thousands of textbook Dykstra iterations
 def test_isotonic_dykstra_converges_to_the_isotonic_regression():
     torch.manual_seed(0)
     target = torch.randn(5, 9, dtype=torch.float64)
@@ -66,6 +62,7 @@ def test_isotonic_dykstra_converges_to_the_isotonic_regression():
                 start = i
 
 
+@pytest.mark.slow  # thousands of textbook Dykstra iterations
 @pytest.mark.parametrize("magnitude", [False, True])
 @pytest.mark.parametrize("num_iter", [1, 3, 8])
 def test_p2_dual_ascent_iterates_are_dykstras(magnitude, num_iter):
@@ -96,64 +93,52 @@ def test_cubic_root_is_the_real_root():
     assert cubic_root(torch.zeros(1, dtype=torch.float64), torch.tensor([-8.0], dtype=torch.float64)).item() == pytest.approx(2.0)
 
 
+@pytest.mark.slow  # 2000 iterations
+@pytest.mark.parametrize("lam", [1e-3, 0.3, 10.0])
+@pytest.mark.parametrize("k", [0, 1, 6, 14, 15])
 @pytest.mark.parametrize("name,op", OPS, ids=[o[0] for o in OPS])
-def test_converged_dykstra_equals_pav(name, op):
+def test_converged_dykstra_equals_pav(name, op, k, lam):
     torch.manual_seed(1)
     x = torch.randn(6, 15, dtype=torch.float64)
-    for k in (0, 1, 6, 14, 15):
-        for lam in (1e-3, 0.3, 10.0):
-            exact = op(x, k, lam=lam)
-            approx = op(x, k, lam=lam, algorithm="dykstra", num_iter=2000)
-            assert (exact - approx).abs().max() < 1e-9, (k, lam)
+    exact = op(x, k, lam=lam)
+    approx = op(x, k, lam=lam, algorithm="dykstra", num_iter=2000)
+    assert (exact - approx).abs().max() < 1e-9
 
 
+@pytest.mark.slow  # 2000 iterations
+@pytest.mark.parametrize("k,lam", [(3, 0.5), (6, 2.0), (1, 0.05), (12, 1.0), (0, 1.0)])
 @pytest.mark.parametrize("name,op", OPS, ids=[o[0] for o in OPS])
-def test_converged_dykstra_backward_equals_pav_backward(name, op):
+def test_converged_dykstra_backward_equals_pav_backward(name, op, k, lam):
     torch.manual_seed(2)
     x = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
     cot = torch.randn(4, 12, dtype=torch.float64)
-    for k, lam in [(3, 0.5), (6, 2.0), (1, 0.05), (12, 1.0), (0, 1.0)]:
-        (g_exact,) = torch.autograd.grad(op(x, k, lam=lam), x, cot)
-        (g_dyk,) = torch.autograd.grad(op(x, k, lam=lam, algorithm="dykstra", num_iter=2000), x, cot)
-        assert (g_exact - g_dyk).abs().max() < 1e-9, (k, lam)
+    (g_exact,) = torch.autograd.grad(op(x, k, lam=lam), x, cot)
+    (g_dyk,) = torch.autograd.grad(op(x, k, lam=lam, algorithm="dykstra", num_iter=2000), x, cot)
+    assert (g_exact - g_dyk).abs().max() < 1e-9
 
 
-# Accuracy at the paper's pruning scale: the README's table (benchmarks/dykstra_accuracy.py)
-# reports these errors; here are the bounds it must stay under (max |dykstra - pav|). The XLA job
-# asserts the same bounds on torch_xla (tests/xla/test_ops.py).
-ACCURACY_BOUNDS = [
-    # (p, shape, k, lam, num_iter, mask bound, magnitude bound)
-    (2.0, (32, 400), 28, 1e-4, 10, 1e-9, 1e-9),
-    (2.0, (32, 400), 28, 1e-3, 100, 1e-9, 1e-9),
-    (2.0, (32, 400), 28, 1e-2, 10, 0.5, 1e-3),
-    (2.0, (512, 100), 3, 1e-3, 10, 1e-5, 1e-9),
-    (2.0, (512, 100), 3, 1e-2, 100, 1e-9, 1e-9),
-    (4 / 3, (32, 400), 28, 1e-4, 10, 1e-9, 1e-9),
-    (4 / 3, (32, 400), 28, 1e-3, 100, 1e-9, 1e-9),
-    (4 / 3, (32, 400), 28, 1e-2, 100, 1e-2, 1e-7),
-    (4 / 3, (512, 100), 3, 1e-2, 100, 1e-9, 1e-9),
-]
-ACCURACY_IDS = [f"p{p:.3g}-{r}x{n}-k{k}-lam{lam:g}-{t}it" for p, (r, n), k, lam, t, _, _ in ACCURACY_BOUNDS]
-
-
+# Accuracy at the paper's pruning scale: the bounds of the README's table (tests/helpers.py).
+@pytest.mark.slow  # up to 100 iterations on 51,200 entries
+@pytest.mark.parametrize("magnitude", [False, True], ids=["mask", "mag"])
 @pytest.mark.parametrize("p,shape,k,lam,num_iter,mask_bound,mag_bound", ACCURACY_BOUNDS, ids=ACCURACY_IDS)
-def test_accuracy_table_bounds(p, shape, k, lam, num_iter, mask_bound, mag_bound):
-    x = _weights(shape)
-    for op, bound in ((sp.soft_topk_mask, mask_bound), (sp.soft_topk_mag, mag_bound)):
-        err = (op(x, k, lam=lam, p=p) - op(x, k, lam=lam, p=p, algorithm="dykstra", num_iter=num_iter)).abs().max()
-        assert err < bound
+def test_accuracy_table_bounds(p, shape, k, lam, num_iter, mask_bound, mag_bound, magnitude):
+    x = pruning_weights(shape)
+    op, bound = (sp.soft_topk_mag, mag_bound) if magnitude else (sp.soft_topk_mask, mask_bound)
+    err = (op(x, k, lam=lam, p=p) - op(x, k, lam=lam, p=p, algorithm="dykstra", num_iter=num_iter)).abs().max()
+    assert err < bound
 
 
-def test_more_iterations_never_hurt():
-    x = _weights((8, 300), seed=3)
-    for op in (sp.soft_topk_mask, sp.soft_topk_mag):
-        exact = op(x, 30, lam=0.01, p=2)
-        errs = [(exact - op(x, 30, lam=0.01, p=2, algorithm="dykstra", num_iter=t)).abs().max().item() for t in (10, 30, 100, 300, 1000)]
-        assert all(b <= a + 1e-12 for a, b in zip(errs, errs[1:])), errs
+@pytest.mark.slow  # up to 1000 iterations
+@pytest.mark.parametrize("op", [sp.soft_topk_mask, sp.soft_topk_mag], ids=["mask", "mag"])
+def test_more_iterations_never_hurt(op):
+    x = pruning_weights((8, 300), seed=3)
+    exact = op(x, 30, lam=0.01, p=2)
+    errs = [(exact - op(x, 30, lam=0.01, p=2, algorithm="dykstra", num_iter=t)).abs().max().item() for t in (10, 30, 100, 300, 1000)]
+    assert all(b <= a + 1e-12 for a, b in zip(errs, errs[1:])), errs
 
 
 def test_dykstra_output_properties():
-    x = _weights((16, 200), seed=4).float()
+    x = pruning_weights((16, 200), seed=4).float()
     y = sp.soft_topk_mask(x, 20, lam=0.05, p=2, algorithm="dykstra")
     assert y.dtype == torch.float32 and torch.all((y >= 0) & (y <= 1))
     ym = sp.soft_topk_mag(x, 20, lam=0.05, p=2, algorithm="dykstra")
@@ -166,7 +151,7 @@ def test_dykstra_output_properties():
 
 
 def test_dykstra_dim_and_gradients_finite():
-    x = _weights((5, 7, 30), seed=5).requires_grad_()
+    x = pruning_weights((5, 7, 30), seed=5).requires_grad_()
     for op in (sp.soft_topk_mask, sp.soft_topk_mag):
         y = op(x, 4, lam=0.3, p=2, dim=1, algorithm="dykstra")
         assert y.shape == x.shape

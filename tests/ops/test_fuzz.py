@@ -6,76 +6,24 @@ the block's natural unit, lam or lam gamma^(p-1)); nothing is NaN or infinite fo
 
 from __future__ import annotations
 
+import functools
 import math
 
-import mpmath
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import smoothprune as sp
+from tests.fuzzing import FUZZ, problems
+# (under their former names: hypothesis derives each test's examples from its source, kept as it was)
+from tests.fuzzing import check_against_oracle as _check_against_oracle
+from tests.fuzzing import oracle_lam as _oracle_lam
 from tests.oracle import mp_threshold_oracle
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-
-@st.composite
-def problems(draw):
-    n = draw(st.integers(2, 7))
-    k = draw(st.integers(0, n))
-    p = draw(st.one_of(st.sampled_from([2.0, 4 / 3, 1.5, 3.0]), st.floats(1.01, 50.0)))
-    lam = 10.0 ** draw(st.floats(-12.0, 12.0))
-    exponent = draw(st.sampled_from([-300.0, -150.0, -20.0, 0.0, 20.0, 150.0, 300.0]))
-    # keys within a few decades of 10^exponent, some repeated (ties), signs mixed
-    pool = [draw(st.floats(-3.0, 3.0)) for _ in range(draw(st.integers(1, n)))]
-    mags = [10.0 ** (exponent + pool[draw(st.integers(0, len(pool) - 1))]) for _ in range(n)]
-    signs = [draw(st.sampled_from([-1.0, 1.0])) for _ in range(n)]
-    x = np.array([m * s_ for m, s_ in zip(mags, signs)])
-    x = np.clip(x, -1.7e308, 1.7e308)
-    return x, k, p, lam
-
-
-def _oracle_lam(x, k, lam, p, magnitude):
-    """The lam the oracle is evaluated at. The magnitude's frame lam is lam c^(p-2) (c the k-th
-    largest |x|); below 1e-280 float64 keys cannot tell it apart from any smaller one (only exact
-    ties pool, and they split the same way: the solver floors it there, pav.h make_frame). The
-    oracle's bracket for the block value is about that wide relative to c, which 2400 bits cannot
-    resolve below ~1e-720: there it is evaluated at the floor, which it resolves."""
-    s = np.sort(np.abs(x))[::-1]
-    if not magnitude or not 0 < k < len(x) or not s[k - 1] > 0:
-        return lam
-    with mpmath.workprec(2400):
-        c = mpmath.mpf(float(s[k - 1]))
-        floor = mpmath.mpf("1e-280") * c ** (2 - mpmath.mpf(p))
-        return max(mpmath.mpf(lam), floor)
-
-
-def _bounds(x, k, lam, p, magnitude):
-    lam = _oracle_lam(x, k, lam, p, magnitude)
-    y_ref, g, outputs = mp_threshold_oracle(x, k, lam, p, magnitude=magnitude)
-    with mpmath.workprec(2400):
-        unit = mpmath.mpf(lam) * (abs(g) ** (mpmath.mpf(p) - 1) if magnitude else 1)
-        delta = unit * mpmath.mpf("1e-11")
-        lo, hi = outputs(g + delta), outputs(max(g - delta, mpmath.mpf(0)) if magnitude else g - delta)
-    y_lo = np.minimum(np.abs(lo), np.abs(hi))
-    y_hi = np.maximum(np.abs(lo), np.abs(hi))
-    return y_ref, y_lo, y_hi
-
-
-def _check_against_oracle(y, x, k, lam, p, magnitude):
-    y_ref, y_lo, y_hi = _bounds(x, k, lam, p, magnitude)
-    scale = np.abs(x) if magnitude else np.ones_like(x)
-    slack = 1e-12 * scale + 1e-300
-    ok = (np.abs(y) >= y_lo - slack) & (np.abs(y) <= y_hi + slack)
-    assert ok.all(), (f"x={x.tolist()} k={k} lam={lam} p={p} magnitude={magnitude}\n"
-                      f"got      {y.tolist()}\noracle   {y_ref.tolist()}\nbounds   {y_lo.tolist()} .. {y_hi.tolist()}")
-    if magnitude:  # the sign of x is kept, zeros stay zero
-        assert (np.sign(y) * np.sign(x) >= 0).all()
-
-
+@pytest.mark.slow  # the 2400-bit oracle
 @FUZZ
 @given(problems())
 def test_mask_matches_oracle(problem):
@@ -87,6 +35,7 @@ def test_mask_matches_oracle(problem):
     _check_against_oracle(y, x, k, lam, p, magnitude=False)
 
 
+@pytest.mark.slow  # the 2400-bit oracle
 @FUZZ
 @given(problems(), st.booleans())
 # found by this fuzz: tied keys where the frame's lam is ~1e99 (the p = 4/3 cubic overflowed),
@@ -124,18 +73,29 @@ def test_low_precision_dtypes_keep_the_invariants(problem, dtype):
     assert math.isclose(float(y.sum()), k, abs_tol=4 * eps * len(x) + 1e-9)
 
 
+# (p, lam, magnitude, debias) in the order the rows of one generator (seed 0) are drawn for them
+GENERAL_P_CASES = [(p, lam, magnitude, debias) for p in (1.5, 3.0, 7.0) for lam in (1e-3, 1.0, 1e3)
+                   for magnitude, debias in ((False, True), (True, True), (True, False))]
+
+
+@functools.cache
+def _general_p_rows():
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(3, 6, generator=gen, dtype=torch.float64) for _ in GENERAL_P_CASES]
+
+
+@pytest.mark.parametrize("case", range(len(GENERAL_P_CASES)),
+                         ids=[f"p{p:g}-lam{lam:g}-{'mag' if m else 'mask'}{'' if d else '-raw'}"
+                              for p, lam, m, d in GENERAL_P_CASES])
 @pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_general_p_gradients_pass_gradcheck(device):
+def test_general_p_gradients_pass_gradcheck(device, case):
     """The closed-form backward in the row's frame, for p outside {2, 4/3} and lam across
     scales (random rows: away from the kinks where a key crosses the block's edge)."""
-    gen = torch.Generator().manual_seed(0)
-    for p in (1.5, 3.0, 7.0):
-        for lam in (1e-3, 1.0, 1e3):
-            for magnitude, debias in ((False, True), (True, True), (True, False)):
-                x = (torch.randn(3, 6, generator=gen, dtype=torch.float64) * lam).to(device).requires_grad_()
-                fn = (lambda t: sp.soft_topk_mag(t, 3, lam=lam, p=p, debias=debias)) if magnitude else (
-                    lambda t: sp.soft_topk_mask(t, 3, lam=lam, p=p))
-                assert torch.autograd.gradcheck(fn, (x,), eps=1e-7 * lam, atol=1e-6, rtol=1e-5), (p, lam, magnitude)
+    p, lam, magnitude, debias = GENERAL_P_CASES[case]
+    x = (_general_p_rows()[case] * lam).to(device).requires_grad_()
+    fn = (lambda t: sp.soft_topk_mag(t, 3, lam=lam, p=p, debias=debias)) if magnitude else (
+        lambda t: sp.soft_topk_mask(t, 3, lam=lam, p=p))
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-7 * lam, atol=1e-6, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,6 +150,7 @@ def test_pav_ops_are_layout_independent(layout, p, lam):
                                _row_by_row(lambda r: sp.soft_topk_mask(r, k, lam=lam, p=p), x, dim), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # 200 Dykstra sweeps per example
 @FUZZ
 @given(layouts(), st.sampled_from([2.0, 4 / 3]), st.sampled_from([0.1, 1.0]), st.booleans())
 def test_dykstra_keeps_the_invariants_and_approaches_pav(layout, p, lam, magnitude):

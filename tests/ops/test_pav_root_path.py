@@ -24,6 +24,7 @@ def program(tmp_path_factory):
     return exe
 
 
+@pytest.mark.slow  # compiles and runs a C++ program
 def test_root_search_and_closed_form_growth_give_the_same_outputs(program):
     out = subprocess.run([str(program), "4000", "1"], check=True, capture_output=True, text=True).stdout
     rows = np.array([line.split() for line in out.splitlines()], dtype=float)

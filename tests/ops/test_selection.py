@@ -1,6 +1,9 @@
 """The selection shortcut (sort and solve only the window around t_k) against full-sort PAV."""
 
+import functools
+
 import numpy as np
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +30,8 @@ def _run(x, k, lam, p, magnitude, debias, full_sort):
     return y, gx
 
 
+# (each example in both dtypes: hypothesis reports the failing example; the dtype loop stays so
+# that the examples, which hypothesis derives from the test's source, stay the same)
 @given(arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 300)), elements=VALUES), P, LAM, st.booleans(), st.booleans(), st.data())
 def test_selection_is_bit_identical_to_full_sort(x_np, p, lam, magnitude, debias, data):
     n = x_np.shape[-1]
@@ -39,17 +44,22 @@ def test_selection_is_bit_identical_to_full_sort(x_np, p, lam, magnitude, debias
         assert torch.equal(g_sel, g_full)
 
 
-def test_selection_on_pruning_scale_rows():
+MAGNITUDE = pytest.mark.parametrize("magnitude", [False, True], ids=["mask", "mag"])
+P_2_43 = pytest.mark.parametrize("p", [2.0, 4 / 3], ids=["p2", "p4/3"])
+
+
+@MAGNITUDE
+@P_2_43
+@pytest.mark.parametrize("lam", [1e-4, 1e-3, 1e-2, 1.0])
+def test_selection_on_pruning_scale_rows(lam, p, magnitude):
     torch.manual_seed(0)
     x = 0.05 * torch.randn(2, 25_088, dtype=torch.float64)
-    for lam in (1e-4, 1e-3, 1e-2, 1.0):
-        for p in (2.0, 4 / 3):
-            for magnitude in (False, True):
-                y_sel, g_sel = _run(x, 2509, lam, p, magnitude, True, False)
-                y_full, g_full = _run(x, 2509, lam, p, magnitude, True, True)
-                assert torch.equal(y_sel, y_full) and torch.equal(g_sel, g_full)
+    y_sel, g_sel = _run(x, 2509, lam, p, magnitude, True, False)
+    y_full, g_full = _run(x, 2509, lam, p, magnitude, True, True)
+    assert torch.equal(y_sel, y_full) and torch.equal(g_sel, g_full)
 
 
+@functools.cache
 def _adversarial_rows(dtype):
     """Rows that stress the value-bucket selection: clustered keys (a narrow range far from 0,
     so bucket edges round), heavy ties, a huge dynamic range, subnormal ranges, and two-point
@@ -69,23 +79,23 @@ def _adversarial_rows(dtype):
     return torch.stack(rows).to(dtype)
 
 
-def test_selection_on_adversarial_rows():
-    for dtype in (torch.float32, torch.float64):
-        x = _adversarial_rows(dtype)
-        assert torch.isfinite(x).all()
-        for k in (12, 300, 1500, 2988):
-            for lam in (1e-9, 1e-6, 1e-3, 1.0):
-                for p in (2.0, 4 / 3):
-                    for magnitude in (False, True):
-                        y_sel, g_sel = _run(x, k, lam, p, magnitude, True, False)
-                        y_full, g_full = _run(x, k, lam, p, magnitude, True, True)
-                        assert torch.equal(y_sel, y_full), (dtype, k, lam, p, magnitude)
-                        assert torch.equal(g_sel, g_full), (dtype, k, lam, p, magnitude)
+@pytest.mark.slow  # 128 cases of 7 x 3,000 entries, selection and full sort
+@MAGNITUDE
+@P_2_43
+@pytest.mark.parametrize("lam", [1e-9, 1e-6, 1e-3, 1.0])
+@pytest.mark.parametrize("k", [12, 300, 1500, 2988])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_selection_on_adversarial_rows(dtype, k, lam, p, magnitude):
+    x = _adversarial_rows(dtype)
+    assert torch.isfinite(x).all()
+    y_sel, g_sel = _run(x, k, lam, p, magnitude, True, False)
+    y_full, g_full = _run(x, k, lam, p, magnitude, True, True)
+    assert torch.equal(y_sel, y_full)
+    assert torch.equal(g_sel, g_full)
 
 
-def test_long_rows_split_across_threads_are_bit_identical():
-    """Fewer rows than threads: each long row's passes run in chunks on several threads (rows of
-    >= 2 * 8,192 entries). Outputs, saved state and gradients must not depend on the split."""
+@functools.cache
+def _long_rows():
     g = torch.Generator().manual_seed(2)
     n = 300_000
     rows = torch.stack([
@@ -94,28 +104,39 @@ def test_long_rows_split_across_threads_are_bit_identical():
         1.0 + 1e-6 * torch.rand(n, generator=g),                 # clustered
     ]).double()
     rows[2, 123_456] = float("nan")  # one NaN row: every output and gradient NaN
-    cases = [(rows[:1], 30_000), (rows[1:2], 150_000), (rows, 7)]
+    return rows
+
+
+@pytest.fixture
+def restore_threads():
     before = torch.get_num_threads()
-    try:
-        for x64, k in cases:
-            for dtype in (torch.float32, torch.float64):
-                x = x64.to(dtype)
-                for lam, p, magnitude in ((1e-3, 2.0, True), (1e-2, 4 / 3, False), (1e3, 2.0, True)):
-                    results = {}
-                    for threads in (1, 4):
-                        torch.set_num_threads(threads)
-                        for full_sort in (False, True):
-                            kt, lt = torch.tensor(k), torch.tensor(lam, dtype=torch.float64)
-                            out = _FWD(x, kt, lt, p, magnitude, True, full_sort)
-                            gx = _BWD(torch.ones_like(x), x, *out[1:], kt, lt, p, magnitude, True)
-                            results[threads, full_sort] = (*out, gx)
-                    same = lambda a, b: torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))  # noqa: E731
-                    for (threads, full_sort), result in results.items():
-                        case = (threads, full_sort, dtype, k, lam, p)
-                        # the saved state is identical whatever the split (perm's order differs
-                        # between the selection and the full sort, not between thread counts)
-                        assert all(same(a, b) for a, b in zip(result, results[1, full_sort])), case
-                        y, gx = result[0], result[-1]
-                        assert same(y, results[1, True][0]) and same(gx, results[1, True][-1]), case
-    finally:
-        torch.set_num_threads(before)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # rows of 300,000 entries
+@pytest.mark.usefixtures("restore_threads")
+@pytest.mark.parametrize("lam,p,magnitude", [(1e-3, 2.0, True), (1e-2, 4 / 3, False), (1e3, 2.0, True)],
+                         ids=["lam1e-3-p2-mag", "lam1e-2-p4/3-mask", "lam1e3-p2-mag"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("rows,k", [(slice(0, 1), 30_000), (slice(1, 2), 150_000), (slice(0, 3), 7)],
+                         ids=["normal-k30000", "ties-k150000", "all-with-nan-k7"])
+def test_long_rows_split_across_threads_are_bit_identical(rows, k, dtype, lam, p, magnitude):
+    """Fewer rows than threads: each long row's passes run in chunks on several threads (rows of
+    >= 2 * 8,192 entries). Outputs, saved state and gradients must not depend on the split."""
+    x = _long_rows()[rows].to(dtype)
+    results = {}
+    for threads in (1, 4):
+        torch.set_num_threads(threads)
+        for full_sort in (False, True):
+            kt, lt = torch.tensor(k), torch.tensor(lam, dtype=torch.float64)
+            out = _FWD(x, kt, lt, p, magnitude, True, full_sort)
+            gx = _BWD(torch.ones_like(x), x, *out[1:], kt, lt, p, magnitude, True)
+            results[threads, full_sort] = (*out, gx)
+    same = lambda a, b: torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))  # noqa: E731
+    for (threads, full_sort), result in results.items():
+        # the saved state is identical whatever the split (perm's order differs
+        # between the selection and the full sort, not between thread counts)
+        assert all(same(a, b) for a, b in zip(result, results[1, full_sort])), (threads, full_sort)
+        y, gx = result[0], result[-1]
+        assert same(y, results[1, True][0]) and same(gx, results[1, True][-1]), (threads, full_sort)

@@ -1,9 +1,6 @@
-import os
-
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONF_DIR = os.path.join(REPO, "conf")
+from tests.helpers import CONF_DIR
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from smoothprune.lightning import SmoothPruning
 from smoothprune.nn import SparseMoE
 from smoothprune.recipes.train import build, check_config
-from tests.recipes.conftest import CONF_DIR
+from tests.helpers import CONF_DIR, REPO
 from tests.recipes.mnist_files import write_mnist_raw
 
 GROUPS = ["data", "model", "pruning", "loss", "router", "optimizer", "pretrain", "trainer", "experiment"]
@@ -36,6 +36,16 @@ def test_every_group_exists_with_its_options():
         assert options(group), group
 
 
+def test_the_demo_runs_every_pruning_arm():
+    """`make demo`'s DEMO_ARMS and the mlp_prune experiment's example sweep name every option of
+    conf/pruning (so no count of arms goes stale)."""
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    demo_arms = re.search(r"^DEMO_ARMS\s*\?=\s*(\S+)", makefile, re.M).group(1).split(",")
+    assert sorted(demo_arms) == options("pruning")
+    example = re.search(r"pruning=(\S+)", open(os.path.join(CONF_DIR, "experiment", "mlp_prune.yaml")).read())
+    assert example.group(1).split(",") == demo_arms
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONF_DIR, "**", "*.yaml"), recursive=True)),
                          ids=lambda p: os.path.relpath(p, CONF_DIR))
 def test_every_argument_is_commented(path):
@@ -52,6 +62,7 @@ def test_every_argument_is_commented(path):
         assert "#" in m.group(2), f"{os.path.relpath(path, CONF_DIR)}: no comment on {line.strip()!r}"
 
 
+@pytest.mark.slow  # loads and splits the datasets
 def test_data_options(compose_cfg, tmp_path):
     data = instantiate(compose_cfg("data=mnist_embedded").data)
     assert (len(data.train_set), len(data.test_set)) == (4000, 1000)
@@ -170,6 +181,7 @@ def test_loss_options_choose_their_target(compose_cfg):
                      "topk_p2_onehot": "none", "topk_p43_onehot": "none"}
 
 
+@pytest.mark.slow  # loads and splits the datasets
 def test_vit_finetune_experiment_is_the_papers_protocol(compose_cfg):
     cfg = compose_cfg("experiment=vit_finetune", "loss=cross_entropy")
     assert cfg.pretrain.data._target_.endswith("EmbeddedMNIST") and cfg.data._target_.endswith("DigitPairs")
@@ -197,6 +209,7 @@ def test_moe_routing_paper_experiment_has_the_papers_ratio(compose_cfg):
     assert logits.shape == (2, 10)
 
 
+@pytest.mark.slow  # loads and splits the datasets
 def test_digit_pairs_are_two_digits_of_the_right_split(compose_cfg):
     from smoothprune.recipes.data import EmbeddedMNIST
 

@@ -9,11 +9,12 @@ import sys
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 
 import smoothprune as sp
 from smoothprune.nn import SparseMoE
 from smoothprune.recipes.train import build, train
-from tests.recipes.conftest import REPO
+from tests.helpers import REPO
 
 FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
         "trainer.enable_progress_bar=false"]
@@ -24,6 +25,7 @@ def run(compose_cfg, tmp_path, *overrides):
     return train(compose_cfg(*overrides, *FAST, f"output_dir={tmp_path}"))
 
 
+@pytest.mark.slow  # recipe runs
 @pytest.mark.parametrize("pruning", ["none", "hard", "smooth_p2", "smooth_p43", "ste"])
 def test_mlp_prune_recipe(compose_cfg, tmp_path, pruning):
     result = run(compose_cfg, tmp_path, "experiment=mlp_prune", f"pruning={pruning}")
@@ -50,6 +52,7 @@ def test_mlp_prune_recipe(compose_cfg, tmp_path, pruning):
     assert summary["train_seconds"] > 0 and summary["sec_per_step"] > 0
 
 
+@pytest.mark.slow  # recipe runs
 def test_pruned_export_is_much_smaller_than_the_dense_one(compose_cfg, tmp_path):
     dense = run(compose_cfg, tmp_path / "dense", "experiment=mlp_prune", "pruning=none")
     smooth = run(compose_cfg, tmp_path / "smooth", "experiment=mlp_prune", "pruning=smooth_p2")
@@ -62,6 +65,7 @@ def small_finetune(tmp_path):
             "trainer.max_steps=4", "lr_schedule.warmup_steps=1"]
 
 
+@pytest.mark.slow  # recipe runs
 @pytest.mark.parametrize("loss", ["cross_entropy", "topk_p2", "topk_p43", "topk_p2_topkfill", "topk_p2_onehot"])
 def test_vit_finetune_recipe(compose_cfg, tmp_path, loss):
     result = run(compose_cfg, tmp_path, *small_finetune(tmp_path), f"loss={loss}")
@@ -73,6 +77,7 @@ def test_vit_finetune_recipe(compose_cfg, tmp_path, loss):
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
 
 
+@pytest.mark.slow  # recipe runs
 def test_finetuning_starts_from_the_cached_pretrained_backbone(compose_cfg, tmp_path):
     from safetensors.torch import load_file
 
@@ -116,6 +121,7 @@ def test_warmup_cosine_schedule():
             warmup_cosine(opt, **kwargs)
 
 
+@pytest.mark.slow  # recipe runs
 @pytest.mark.parametrize("router", ["hard", "smooth_dykstra", "smooth_pav"])
 def test_moe_routing_paper_recipe(compose_cfg, tmp_path, router):
     result = run(compose_cfg, tmp_path, "experiment=moe_routing_paper", f"router={router}")
@@ -180,6 +186,7 @@ def _cli(*args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # Hydra command lines in fresh processes
 def test_command_line_sweep_and_report(tmp_path):
     """The real entry points: a Hydra multirun over arms and seeds, then the report tool."""
     sweep = tmp_path / "sweep"
@@ -208,6 +215,7 @@ def test_command_line_sweep_and_report(tmp_path):
     assert infer_main([str(tmp_path / "empty")]) == 2
 
 
+@pytest.mark.slow  # Hydra command lines in fresh processes
 def test_command_line_rejects_an_unknown_group_option(tmp_path):
     proc = _cli(os.path.join(REPO, "recipes", "train.py"), "experiment=mlp_prune", "pruning=bogus", cwd=tmp_path)
     assert proc.returncode != 0
@@ -215,13 +223,80 @@ def test_command_line_rejects_an_unknown_group_option(tmp_path):
     assert not list(tmp_path.rglob("result.json"))
 
 
-def test_report_errors_name_the_problem(tmp_path):
+def _write_result(path, name="mlp_prune", arm="none", seed=0, report=None, **summary):
+    path.mkdir(parents=True)
+    config = {"name": name} if report is None else {"name": name, "report": report}
+    history = [{"epoch": 1, "train_seconds": 1.0, "test/acc_top1": 0.5}]
+    result = {"name": name, "arm": arm, "seed": seed, "summary": summary, "history": history, "config": config}
+    (path / "result.json").write_text(json.dumps(result))
+
+
+def test_report_errors_name_the_problem(tmp_path, capsys):
     from smoothprune.recipes.report import main
 
-    assert main([str(tmp_path / "missing")]) == 2
-    assert main([str(tmp_path)]) == 2
+    missing = tmp_path / "missing"
+    assert main([str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("report: sweep_dir: no such directory") and repr(str(missing)) in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    assert f"report: sweep_dir: no result.json under {str(empty)!r} (did the runs finish?)" in capsys.readouterr().err
+    mixed = tmp_path / "mixed"
+    _write_result(mixed / "0_a_seed0", name="mlp_prune", test_error=0.1)
+    _write_result(mixed / "1_b_seed0", name="vit_finetune", test_acc_top1=0.9)
+    assert main([str(mixed)]) == 2
+    assert ("report: sweep_dir: expected the runs of one experiment, found ['mlp_prune', 'vit_finetune']"
+            in capsys.readouterr().err)
+    bad = tmp_path / "bad"
+    _write_result(bad / "0_a_seed0", name="custom", report={"columns": [["test_error", "error", 100]]}, test_error=0.1)
+    assert main([str(bad)]) == 2
+    assert ("report: report.columns[0]: expected [str, str, number, int], got ['test_error', 'error', 100]"
+            in capsys.readouterr().err)
+    assert not (bad / "report.md").exists()
 
 
+def test_report_columns_come_from_the_experiment_config(tmp_path, capsys):
+    """The run's own config names the columns; sweeps without it (written before it existed) get
+    those of conf/experiment/<name>.yaml; an experiment with neither shows every summary key."""
+    from smoothprune.recipes.report import main, report_spec
+
+    own = tmp_path / "own"
+    report = {"columns": [["acc", "accuracy (%)", 100, 1]], "curves": [["test/acc_top1", "top-1", "value"]]}
+    for seed in (0, 1):
+        _write_result(own / f"{seed}_x_seed{seed}", name="anything", arm="x", seed=seed, report=report,
+                      acc=0.5 + 0.1 * seed, other=1.0)
+    assert main([str(own)]) == 0
+    table = (own / "report.md").read_text()
+    assert "| arm | runs | accuracy (%) |" in table and "| x | 2 | 55.0 ± 7.1 |" in table and "other" not in table
+    legacy = tmp_path / "legacy"  # an mlp_prune sweep whose result.json has no report node
+    _write_result(legacy / "0_hard_seed0", arm="hard", test_error=0.25, sparsity=0.9, sec_per_step=0.002)
+    assert main([str(legacy)]) == 0
+    table = (legacy / "report.md").read_text()
+    assert ("| arm | runs | test error after hardening (%) | test error before hardening (%) | sparsity of pruned "
+            "weights | exported file (bytes) | training time (s) | ms / step |") in table
+    assert "| hard | 1 | 25.00 | – | 0.9000 | – | – | 2.00 |" in table
+    columns, curves = report_spec([json.loads((legacy / "0_hard_seed0" / "result.json").read_text())])
+    assert columns[0] == ("test_error", "test error after hardening (%)", 100, 2)
+    assert curves == [("test/acc_top1", "test error (%)", "error")]
+    custom = tmp_path / "custom"
+    _write_result(custom / "0_y_seed0", name="custom", arm="y", b=2.0, a=1.0)
+    assert main([str(custom)]) == 0
+    assert "| arm | runs | b | a |\n|---|---|---|---|\n| y | 1 | 2.0000 | 1.0000 |" in (custom / "report.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("experiment", ["mlp_prune", "vit_finetune", "moe_routing_paper"])
+def test_every_experiment_names_its_report(compose_cfg, experiment):
+    from smoothprune.recipes.report import report_spec
+
+    cfg = compose_cfg(f"experiment={experiment}")
+    result = {"name": experiment, "summary": {}, "config": {"report": OmegaConf.to_container(cfg.report)}}
+    columns, curves = report_spec([result])
+    assert columns and curves
+
+
+@pytest.mark.slow  # recipe runs
 def test_without_hardening_the_run_reports_the_smooth_model(compose_cfg, tmp_path):
     result = run(compose_cfg, tmp_path, "experiment=mlp_prune", "pruning=smooth_p2",
                  "pruning.callback.make_pruning_permanent=false")

@@ -7,7 +7,7 @@ import torch
 import torch_xla
 
 import smoothprune as sp
-from tests.ops.test_dykstra import ACCURACY_BOUNDS, ACCURACY_IDS, _weights
+from tests.helpers import ACCURACY_BOUNDS, ACCURACY_IDS, pruning_weights
 
 OPS = {"mask": sp.soft_topk_mask, "mag": sp.soft_topk_mag}
 P_VALUES = {"p2": 2.0, "p43": 4 / 3}
@@ -25,7 +25,7 @@ def _value_and_grad(op, x, k, cotangent, **kw):
 def test_auto_runs_dykstra_on_xla_and_matches_the_cpu_dykstra(xla, device, name, p):
     """Same algorithm, two backends: the XLA While loop equals the eager Python loop."""
     op = OPS[name]
-    x = _weights((32, 400), dtype=torch.float32)
+    x = pruning_weights((32, 400), dtype=torch.float32)
     cot = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     y_cpu, g_cpu = _value_and_grad(op, x, 28, cot, lam=1e-2, p=p, algorithm="dykstra", num_iter=10)
     y_xla, g_xla = _value_and_grad(op, x.to(device), 28, cot.to(device), lam=1e-2, p=p)  # auto
@@ -43,7 +43,7 @@ def test_auto_runs_dykstra_on_xla_and_matches_the_cpu_dykstra(xla, device, name,
 def test_accuracy_table_bounds_hold_on_xla(xla, device, p, shape, k, lam, num_iter, mask_bound, mag_bound):
     """The bounds of the README's accuracy table (asserted on CPU in tests/ops/test_dykstra.py),
     in float64 on XLA against the CPU PAV path: outputs, and gradients where converged."""
-    x = _weights(shape)
+    x = pruning_weights(shape)
     cot = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for op, bound in ((sp.soft_topk_mask, mask_bound), (sp.soft_topk_mag, mag_bound)):
         y_pav, g_pav = _value_and_grad(op, x, k, cot, lam=lam, p=p, algorithm="pav")
@@ -63,7 +63,7 @@ def test_float32_on_xla_matches_float64_pav_when_converged(xla, device, name, p)
     gradient entry (measured: <= 1e-6)."""
     op = sp.soft_topk_mask if name == "mask" else sp.soft_topk_mag
     kw = {"debias": False} if name == "mag_raw" else {}
-    x = _weights((32, 400), dtype=torch.float32)
+    x = pruning_weights((32, 400), dtype=torch.float32)
     cot = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     y_pav, g_pav = _value_and_grad(op, x.double(), 28, cot.double(), lam=1e-3, p=p, algorithm="pav", **kw)
     y_xla, g_xla = _value_and_grad(op, x.to(device), 28, cot.to(device), lam=1e-3, p=p, num_iter=100, **kw)
@@ -76,7 +76,7 @@ def test_float32_on_xla_matches_float64_pav_when_converged(xla, device, name, p)
 def test_one_while_loop_whatever_the_iteration_count(xla, device):
     """The iterations are an XLA While loop: the graph is the same size for 10 and 300 iterations
     (unrolled, 300 iterations would be ~30x larger), and each count compiles once."""
-    x = _weights((8, 64), dtype=torch.float32).to(device)
+    x = pruning_weights((8, 64), dtype=torch.float32).to(device)
     sizes = {}
     for num_iter in (10, 300):
         y = sp.soft_topk_mag(x, 6, lam=1e-2, p=2, num_iter=num_iter)
@@ -92,7 +92,7 @@ def test_one_while_loop_whatever_the_iteration_count(xla, device):
 def test_new_k_and_lam_do_not_recompile(xla, device, p):
     """k and lam as 0-d device tensors (as the pruning buffers are) or as Python numbers: new
     values are data, not constants of the graph."""
-    x = _weights((16, 100), dtype=torch.float32).to(device).requires_grad_()
+    x = pruning_weights((16, 100), dtype=torch.float32).to(device).requires_grad_()
     counts = []
     for k, lam in [(10, 1e-3), (11, 1e-3), (11, 5e-3), (40, 0.2)]:
         for as_tensor in (True, False):
@@ -107,7 +107,7 @@ def test_new_k_and_lam_do_not_recompile(xla, device, p):
 
 
 def test_batched_along_any_dim_and_low_precision(xla, device):
-    x = _weights((5, 30, 7), dtype=torch.float32)
+    x = pruning_weights((5, 30, 7), dtype=torch.float32)
     y_cpu = sp.soft_topk_mask(x, 4, lam=0.05, p=2, dim=1, algorithm="dykstra")
     y_xla = sp.soft_topk_mask(x.to(device), 4, lam=0.05, p=2, dim=1)
     assert torch.allclose(y_xla.cpu(), y_cpu, atol=1e-5)
