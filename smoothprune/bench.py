@@ -25,6 +25,12 @@ import torch
 import smoothprune as sp
 from smoothprune.ops.dykstra import dykstra_soft_topk
 
+__all__ = [
+    "LAM", "Shape", "SHAPES", "QUICK_SHAPES", "STEP_MODES", "make_timer", "interleaved_medians", "full_sort_pav",
+    "bench_ops", "bench_large_lam", "print_ops_tables", "print_large_lam_table", "capture_cuda_graph", "bench_step",
+    "run_steps", "add_arguments", "check_arguments", "measure", "run", "main",
+]
+
 LAM = 1e-3
 VIT_TINY_LINEAR = 12 * (192 * 576 + 192 * 192 + 192 * 768 + 768 * 192)  # 5,308,416 weights
 
@@ -52,7 +58,7 @@ SHAPES = [
 QUICK_SHAPES = SHAPES[:5]
 
 
-def _timer(device: torch.device, min_seconds: float = 2e-3):
+def make_timer(device: torch.device, min_seconds: float = 2e-3):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def time_call(fn) -> float:
@@ -70,7 +76,7 @@ def _timer(device: torch.device, min_seconds: float = 2e-3):
     return time_call
 
 
-def _interleaved_medians(calls: dict, repeats: int, time_call, warmups: int = 1) -> dict:
+def interleaved_medians(calls: dict, repeats: int, time_call, warmups: int = 1) -> dict:
     """{key: median seconds}: every call timed once per repeat, in turn, after `warmups` calls."""
     for fn in calls.values():
         for _ in range(warmups):
@@ -82,7 +88,7 @@ def _interleaved_medians(calls: dict, repeats: int, time_call, warmups: int = 1)
     return {key: statistics.median(v) for key, v in timings.items()}
 
 
-def _full_sort_pav(x, k, p):
+def full_sort_pav(x, k, p):
     # our own PAV on whole sorted rows (the selection shortcut switched off)
     k_t, lam_t = torch.tensor(k), torch.tensor(LAM, dtype=torch.float64)
     return torch.ops.smoothprune.soft_topk_forward(x, k_t, lam_t, p, True, True, True)[0]
@@ -98,7 +104,7 @@ def _operators(k: int):
         "mag p=4/3": lambda t: sp.soft_topk_mag(t, k, lam=LAM, p=4 / 3),
         "mask p=2": lambda t: sp.soft_topk_mask(t, k, lam=LAM, p=2),
         "mask p=4/3": lambda t: sp.soft_topk_mask(t, k, lam=LAM, p=4 / 3),
-        "full-sort PAV mag p=2": lambda t: _full_sort_pav(t, k, 2.0),
+        "full-sort PAV mag p=2": lambda t: full_sort_pav(t, k, 2.0),
         "Dykstra mag 10 it.": lambda t: dykstra_soft_topk(t, k, LAM, 2.0, True, True, 10),
         "Dykstra mag 100 it.": lambda t: dykstra_soft_topk(t, k, LAM, 2.0, True, True, 100),
     }
@@ -113,7 +119,7 @@ def _operators(k: int):
 
 def bench_ops(shapes, device: torch.device, repeats: int, skip_slow_on_long_rows: bool = True):
     """Returns {shape: {(mode, method): median seconds}} for mode in ("fwd", "fwd+bwd")."""
-    time_call = _timer(device)
+    time_call = make_timer(device)
     results = {}
     for shape in shapes:
         gen = torch.Generator().manual_seed(0)
@@ -134,7 +140,7 @@ def bench_ops(shapes, device: torch.device, repeats: int, skip_slow_on_long_rows
 
             if name != "torch.topk":  # topk's values alone do not reach every entry
                 calls[("fwd+bwd", name)] = fwd_bwd
-        results[shape] = _interleaved_medians(calls, repeats, time_call)
+        results[shape] = interleaved_medians(calls, repeats, time_call)
     return results
 
 
@@ -143,7 +149,7 @@ LARGE_LAM_METHODS = ("mag p=2, lam=1e3", "mask p=2, lam=1e3")
 
 def bench_large_lam(device: torch.device, repeats: int):
     """Whole-row pooling (lam so large that the window is the whole row) against torch.sort."""
-    time_call = _timer(device)
+    time_call = make_timer(device)
     out = {}
     for shape in (Shape(1, 25_088, 2_509), Shape(256, 1_024, 102)):
         x = (0.05 * torch.randn(shape.rows, shape.n, generator=torch.Generator().manual_seed(0))).to(device)
@@ -152,7 +158,7 @@ def bench_large_lam(device: torch.device, repeats: int):
             LARGE_LAM_METHODS[0]: lambda: sp.soft_topk_mag(x, shape.k, lam=1e3, p=2),
             LARGE_LAM_METHODS[1]: lambda: sp.soft_topk_mask(x, shape.k, lam=1e3, p=2),
         }
-        out[shape] = _interleaved_medians(calls, repeats, time_call)
+        out[shape] = interleaved_medians(calls, repeats, time_call)
     return out
 
 
@@ -269,7 +275,7 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device, mode: s
     """Median seconds of an SGD step: unpruned; every Linear weight parametrized as ``W' * 1.0``
     (the floor); every Linear weight pruned (90%, layer scope) by the hard top-k (torch.topk) or
     by the smooth operator."""
-    time_call = _timer(device, min_seconds=0.0)
+    time_call = make_timer(device, min_seconds=0.0)
     models = {}
     for name in ("unpruned", "floor", "hard", "smooth"):
         torch.manual_seed(0)
@@ -281,7 +287,7 @@ def bench_step(make, x, y, repeats: int, p: float, device: torch.device, mode: s
         elif name != "unpruned":
             sp.prune_(models[name], 0.9, lam=LAM, p=p, method=name, targets=linear_weights)
     steps = {name: _step_fn(model, x, y, mode) for name, model in models.items()}
-    medians = _interleaved_medians(steps, repeats, time_call, warmups=2)
+    medians = interleaved_medians(steps, repeats, time_call, warmups=2)
     n_params = sum(m.weight.numel() for m in models["unpruned"].modules() if isinstance(m, torch.nn.Linear))
     return n_params, medians
 

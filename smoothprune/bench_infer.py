@@ -15,8 +15,10 @@ import copy
 import torch
 
 import smoothprune as sp
-from smoothprune.bench import _interleaved_medians, _timer
+from smoothprune.bench import interleaved_medians, make_timer
 from smoothprune.inference import weight_bytes
+
+__all__ = ["BATCHES", "SPARSITIES", "WIDE_MLP", "MODELS", "bench_model", "run_infer"]
 
 BATCHES = (1, 32, 256)
 SPARSITIES = (0.9, 0.95)
@@ -62,7 +64,7 @@ def bench_model(make, sparsity: float, repeats: int, batches=BATCHES, scope: str
     timed = copy.deepcopy(dense)
     report = sp.sparsify_(timed, list(examples.values()))
     forms = {"dense": dense, "rule": by_rule, "timed": timed}
-    time_call = _timer(torch.device("cpu"))
+    time_call = make_timer(torch.device("cpu"))
     out = {"bytes": {name: weight_bytes(m) for name, m in forms.items()}, "ms": {}, "same_predictions": True,
            "sparse_layers": {"rule": _count_sparse(by_rule), "timed": len(report.sparse_layers)},
            "layers": len(report.layers), "timed_layouts": sorted({c.layout for c in report.layers})}
@@ -72,7 +74,7 @@ def bench_model(make, sparsity: float, repeats: int, batches=BATCHES, scope: str
             for name in ("rule", "timed"):
                 out["same_predictions"] &= bool(torch.equal(forms[name](x).argmax(-1), want))
             calls = {name: (lambda m=m, x=x: m(x)) for name, m in forms.items()}
-            out["ms"][b] = {k: v * 1e3 for k, v in _interleaved_medians(calls, repeats, time_call).items()}
+            out["ms"][b] = {k: v * 1e3 for k, v in interleaved_medians(calls, repeats, time_call).items()}
     return out
 
 

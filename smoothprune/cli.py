@@ -12,6 +12,8 @@ import math
 import os
 import sys
 
+__all__ = ["main"]
+
 
 def _export(args) -> int:
     import torch

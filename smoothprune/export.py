@@ -37,6 +37,11 @@ from smoothprune.checkpoint import hardened_state_dict
 from smoothprune.ops.sharded import is_dtensor
 from smoothprune.validation import is_int
 
+__all__ = [
+    "save_sparse", "load_sparse", "read_sparse_metadata", "read_sparse_header", "read_tensors",
+    "FORMAT_VERSION", "ENCODINGS",
+]
+
 FORMAT_VERSION = 1
 _SEP = "::"
 ENCODINGS = ("dense", "bitmask", "indices", "alias")

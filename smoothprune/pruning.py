@@ -41,6 +41,12 @@ from smoothprune.validation import (
     parse_scope,
 )
 
+__all__ = [
+    "prune_", "harden_", "set_sparsity_", "set_lam_", "set_hard_training_", "sparsity_report",
+    "SparsityReport", "TensorSparsity", "PRUNABLE_TYPES", "resolve_targets", "holders", "pruned_tensors",
+    "global_allocation", "refresh_global_", "hardened_weight",
+]
+
 PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 

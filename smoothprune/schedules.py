@@ -23,6 +23,8 @@ import math
 
 from smoothprune.validation import check_int, check_positive, check_real, is_int, is_real
 
+__all__ = ["Schedule", "Constant", "Linear", "Cubic", "Cosine", "Exponential", "SCHEDULES", "build"]
+
 
 class Schedule:
     """Base class: subclasses implement `at(step)`."""

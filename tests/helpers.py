@@ -74,22 +74,3 @@ ACCURACY_BOUNDS = [
     (4 / 3, (512, 100), 3, 1e-2, 100, 1e-9, 1e-9),
 ]
 ACCURACY_IDS = [f"p{p:.3g}-{r}x{n}-k{k}-lam{lam:g}-{t}it" for p, (r, n), k, lam, t, _, _ in ACCURACY_BOUNDS]
-
-
-def capture_cuda_graph(fn, params, warmups: int = 3):
-    """Captures ``fn()`` in a CUDA graph, PyTorch's whole-network way: ``warmups`` calls on a side
-    stream first (as capture requires), then the gradients of ``params`` cleared, so that the
-    captured backward allocates them in the graph's pool. Returns the graph and what ``fn``
-    returned while captured (static tensors that every replay rewrites)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmups):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    for param in params:
-        param.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out

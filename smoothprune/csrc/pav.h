@@ -238,7 +238,14 @@ SP_HD inline double kept_value_of(double s, double z, const TopkParams& P) {
     *df = -psi_deriv(s - v, P) - 1.0;
     return psi(s - v, P) - v;
   };
-  return solve_decreasing(f, 0.0, 0.5 * s, s - z);
+  const double v = solve_decreasing(f, 0.0, 0.5 * s, s - z);
+  // A value below the smallest subnormal (tiny s, large lam) leaves the bracket (0, 4.9e-324)
+  // whose end 0 was never evaluated: 0 is the correctly rounded value when its residual is the
+  // smaller one.
+  constexpr double kSmallestSubnormal = 4.9406564584124654e-324;
+  double unused = 0.0;
+  if (v == kSmallestSubnormal && ::fabs(f(0.0, &unused)) <= ::fabs(f(v, &unused))) return 0.0;
+  return v;
 }
 
 // Magnitude singleton with w = 1: v solves s = v + lam * v^(p-1); also returns z = s - v.

@@ -7,6 +7,8 @@ import torch
 from smoothprune.ops.loss import check_loss_options, soft_topk_loss
 from smoothprune.validation import check_positive
 
+__all__ = ["SoftTopKLoss"]
+
 
 class SoftTopKLoss(torch.nn.Module):
     """Smooth top-k Fenchel-Young loss (see :func:`smoothprune.soft_topk_loss`).

@@ -28,6 +28,11 @@ from smoothprune.ops.hard_topk import hard_topk_mag, hard_topk_mask
 from smoothprune.ops.sharded import is_dtensor, sharded_groups, sharded_hard_topk_mag, sharded_soft_topk
 from smoothprune.ops.soft_topk import soft_topk_last_dim, soft_topk_mag
 
+__all__ = [
+    "TopKMagParametrization", "SoftTopKMag", "HardTopKMag", "StraightThroughTopKMag", "PARAMETRIZATIONS",
+    "METHODS", "hard_topk_groups", "kept_per_group",
+]
+
 METHODS = ("smooth", "hard", "ste")
 
 

@@ -32,6 +32,8 @@ from smoothprune.ops.hard_topk import hard_topk_mask
 from smoothprune.ops.soft_topk import soft_topk_mask
 from smoothprune.validation import check_choice, check_dykstra_p, check_int, check_p, check_positive
 
+__all__ = ["ExpertChoiceRouter", "SparseMoE", "Routing", "TOPKS", "DISPATCHES"]
+
 TOPKS = ("hard", "dykstra", "pav")
 DISPATCHES = ("gather", "einsum")
 

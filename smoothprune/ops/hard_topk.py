@@ -7,6 +7,8 @@ import torch
 from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_hard_topk_mag, sharded_hard_topk_mask
 from smoothprune.validation import check_dim, check_input, check_k
 
+__all__ = ["hard_topk_mask", "hard_topk_mag", "topk_mask_of"]
+
 
 def topk_mask_of(key: torch.Tensor, k, d: int) -> torch.Tensor:
     """The 0/1 mask of the ``k`` largest keys along dim ``d``, unchecked (internal callers that

@@ -18,6 +18,7 @@ from smoothprune.ops.native import soft_topk_last_dim  # (importing it loads the
 from smoothprune.ops.sharded import dtensor_along_dim, is_dtensor, sharded_soft_topk
 from smoothprune.validation import check_algorithm, check_bool, check_dim, check_input, check_k, check_lam, check_p
 
+__all__ = ["soft_topk_mask", "soft_topk_mag"]
 
 
 # ----------------------------------------------------------------------------------------------

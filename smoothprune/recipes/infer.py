@@ -36,7 +36,7 @@ def compare(path: str, repeats: int = 20) -> str:
     from omegaconf import OmegaConf
 
     import smoothprune as sp
-    from smoothprune.bench import _interleaved_medians, _timer
+    from smoothprune.bench import interleaved_medians, make_timer
     from smoothprune.inference import weight_bytes
 
     cfg = OmegaConf.load(os.path.join(os.path.dirname(path), ".hydra", "config.yaml"))
@@ -49,10 +49,10 @@ def compare(path: str, repeats: int = 20) -> str:
     report = sp.load_sparsified_(sparse.eval(), path, list(batches.values()))
     lines = [f"sparse inference of {path}", str(report), "",
              "| batch | dense ms | sparse ms | dense / sparse | same predictions |", "|---|---|---|---|---|"]
-    time_call = _timer(torch.device("cpu"))
+    time_call = make_timer(torch.device("cpu"))
     with torch.inference_mode():
         for b, x in batches.items():
-            ms = _interleaved_medians({"dense": lambda: dense(x), "sparse": lambda: sparse(x)}, repeats, time_call)
+            ms = interleaved_medians({"dense": lambda: dense(x), "sparse": lambda: sparse(x)}, repeats, time_call)
             same = torch.equal(dense(x).argmax(-1), sparse(x).argmax(-1))
             lines.append(f"| {b} | {ms['dense'] * 1e3:.3f} | {ms['sparse'] * 1e3:.3f} | "
                          f"{ms['dense'] / ms['sparse']:.2f}× | {'yes' if same else 'NO'} |")

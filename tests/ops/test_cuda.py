@@ -17,8 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import smoothprune as sp
+from smoothprune.bench import capture_cuda_graph
 from tests.fuzzing import FUZZ, check_against_oracle, problems
-from tests.helpers import MODES, capture_cuda_graph
+from tests.helpers import MODES
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")

@@ -138,3 +138,21 @@ def test_rounding_never_flips_the_sign_of_a_magnitude_output():
     for k in range(8):
         y = sp.soft_topk_mag(x, k, lam=1.0, p=4 / 3)
         assert torch.all(y * x >= 0) and torch.all(y >= 0), (k, y)
+
+
+@pytest.mark.parametrize("p, lam", [(1.5, 1.0), (1.2, 1e10), (1.01, 1.0)])
+def test_raw_kept_value_below_the_smallest_subnormal_rounds_to_zero(p, lam):
+    # found by the oracle fuzz: a kept key 1e-300 with v + lam v^(p-1) = 1e-300 has v ~ 1e-600,
+    # which float64 rounds to 0; the root search returned the bracket's other end, 4.9e-324
+    x = torch.tensor([-1e-300, -1e-300, 1e-300], dtype=torch.float64)
+    y = sp.soft_topk_mag(x, 3, lam=lam, p=p, debias=False)
+    assert torch.equal(y, torch.zeros(3, dtype=torch.float64)), y.tolist()
+    assert torch.equal(torch.signbit(y), torch.signbit(x))  # the sign of x is kept, as -0.0
+
+
+def test_raw_kept_value_near_the_smallest_normal_keeps_its_digits():
+    # the same equation where v is representable: v + v^0.5 = s with v = 1e-300 exactly solvable
+    v = 1e-300
+    s = v + v**0.5
+    y = sp.soft_topk_mag(torch.tensor([s, s], dtype=torch.float64), 2, lam=1.0, p=1.5, debias=False)
+    assert torch.allclose(y, torch.full((2,), v, dtype=torch.float64), rtol=1e-12, atol=0), y.tolist()
